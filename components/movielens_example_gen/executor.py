@@ -1,0 +1,187 @@
+"""MovieLensExampleGen's executor: raw MovieLens files -> gzipped TFRecords of tf.Examples.
+
+Output: one Examples artifact with three splits
+  train, eval  one example per rating, joined with its movie and (where the layout has a user
+               file) its user: every feature of trainer.features.RATING_EXAMPLE_FEATURES;
+  catalog      one example per movie in the catalog file, rated or not (MOVIE_FEATURES).
+
+Ratings stream through Beam (never one in-memory frame); movies and users, which are small,
+are read once and joined in the workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Dict, List
+
+import apache_beam as beam
+import numpy as np
+import tensorflow as tf
+from tfx.components.util import examples_utils
+from tfx.dsl.components.base import base_beam_executor
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils
+
+from components.movielens_example_gen import movielens
+from trainer import features as F
+
+TRAIN, EVAL, CATALOG = "train", "eval", "catalog"
+SPLITS = (TRAIN, EVAL, CATALOG)
+_NAMESPACE = "movierec.example_gen"
+
+
+def _bytes(*values):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(
+        value=[v.encode("utf-8") for v in values]))
+
+
+def _int(value):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def _float(value):
+    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
+
+
+def movie_features(movie: movielens.Movie) -> dict:
+    return {
+        F.MOVIE_ID: _bytes(movie.movie_id),
+        F.MOVIE_TITLE: _bytes(movie.title),
+        F.MOVIE_GENRES: _bytes(*movie.genres),
+        F.MOVIE_YEAR: _int(movie.release_year),
+    }
+
+
+def user_features(user: movielens.User | None) -> dict:
+    return {
+        F.USER_AGE: _int(user.age if user else 0),
+        F.USER_GENDER: _bytes(user.gender if user else ""),
+        F.USER_OCCUPATION: _bytes(user.occupation if user else ""),
+        F.USER_ZIP: _bytes(user.zip_code if user else ""),
+    }
+
+
+def rating_example(rating: movielens.Rating, movie: movielens.Movie,
+                   user: movielens.User | None) -> tf.train.Example:
+    feature = {
+        F.USER_ID: _bytes(rating.user_id),
+        F.TIMESTAMP: _int(rating.timestamp),
+        F.RATING: _float(rating.rating),
+        **movie_features(movie),
+        **user_features(user),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def catalog_example(movie: movielens.Movie) -> tf.train.Example:
+    return tf.train.Example(features=tf.train.Features(feature=movie_features(movie)))
+
+
+def random_bucket(rating: movielens.Rating, seed: int) -> float:
+    """A deterministic uniform [0, 1) number per rating: the seeded random split."""
+    key = f"{seed}|{rating.user_id}|{rating.movie_id}|{rating.timestamp}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 2.0**64
+
+
+def time_cutoff(data_dir: str, layout: str, eval_fraction: float) -> int:
+    """The timestamp from which the newest `eval_fraction` of ratings start."""
+    stamps = np.fromiter((r.timestamp for r in movielens.iter_ratings(data_dir, layout)),
+                         dtype=np.int64)
+    stamps.sort()
+    return int(stamps[min(len(stamps) - 1, int(len(stamps) * (1.0 - eval_fraction)))])
+
+
+class _JoinAndSplit(beam.DoFn):
+    """Rating -> (split, serialized example), joined with its movie and user."""
+
+    def __init__(self, data_dir, layout, split, seed, eval_fraction, cutoff):
+        self._args = (data_dir, layout)
+        self._split, self._seed = split, seed
+        self._eval_fraction, self._cutoff = eval_fraction, cutoff
+        self._counters = {s: beam.metrics.Metrics.counter(_NAMESPACE, s) for s in SPLITS}
+
+    def setup(self):
+        self._movies = movielens.read_movies(*self._args)
+        self._users = movielens.read_users(*self._args)
+        ratings, movies, users = movielens._FILES[self._args[1]]
+        self._files = {"ratings": ratings, "movies": movies, "users": users}
+
+    def process(self, rating: movielens.Rating):
+        movie = self._movies.get(rating.movie_id)
+        if movie is None:
+            raise movielens.DataError(
+                f"{self._files['ratings']}: movie {rating.movie_id!r} (rated by user "
+                f"{rating.user_id!r}) is not in {self._files['movies']}")
+        user = self._users.get(rating.user_id)
+        if user is None and self._users:
+            raise movielens.DataError(
+                f"{self._files['ratings']}: user {rating.user_id!r} is not in "
+                f"{self._files['users']}")
+        if self._split == "time":
+            split = EVAL if rating.timestamp >= self._cutoff else TRAIN
+        else:
+            split = EVAL if random_bucket(rating, self._seed) < self._eval_fraction else TRAIN
+        self._counters[split].inc()
+        yield split, rating_example(rating, movie, user).SerializeToString()
+
+
+class Executor(base_beam_executor.BaseBeamExecutor):
+    """Reads a MovieLens directory, writes train/eval/catalog splits."""
+
+    def Do(self, input_dict: Dict[str, List[Any]], output_dict: Dict[str, List[Any]],
+           exec_properties: Dict[str, Any]) -> None:
+        data_dir = exec_properties["data_dir"]
+        layout = exec_properties["layout"] or movielens.detect_layout(data_dir)
+        split = exec_properties["split"]
+        seed = int(exec_properties["seed"])
+        eval_fraction = float(exec_properties["eval_fraction"])
+        if split not in ("random", "time"):
+            raise ValueError(f"split must be 'random' or 'time', not {split!r}")
+        movies = movielens.read_movies(data_dir, layout)  # fail early on a bad catalog
+        movielens.read_users(data_dir, layout)
+        cutoff = time_cutoff(data_dir, layout, eval_fraction) if split == "time" else 0
+
+        examples = artifact_utils.get_single_instance(output_dict["examples"])
+        examples.split_names = artifact_utils.encode_split_names(list(SPLITS))
+        examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
+        examples_utils.set_file_format(examples, "tfrecords_gzip")
+        pipeline = self._make_beam_pipeline()
+        rated = (pipeline
+                 | "Dir" >> beam.Create([data_dir])
+                 | "ReadRatings" >> beam.FlatMap(movielens.iter_ratings, layout)
+                 | "JoinAndSplit" >> beam.ParDo(_JoinAndSplit(
+                     data_dir, layout, split, seed, eval_fraction, cutoff)))
+        for name in (TRAIN, EVAL):
+            (rated
+             | f"Select{name}" >> beam.Filter(lambda kv, s=name: kv[0] == s)
+             | f"Value{name}" >> beam.Map(lambda kv: kv[1])
+             | f"Write{name}" >> beam.io.WriteToTFRecord(
+                 os.path.join(examples.uri, f"Split-{name}", "data_tfrecord"),
+                 file_name_suffix=".gz"))
+        (pipeline
+         | "Catalog" >> beam.Create(sorted(movies.values(), key=lambda m: m.movie_id))
+         | "CatalogExample" >> beam.Map(lambda m: catalog_example(m).SerializeToString())
+         | "WriteCatalog" >> beam.io.WriteToTFRecord(
+             os.path.join(examples.uri, f"Split-{CATALOG}", "data_tfrecord"),
+             file_name_suffix=".gz"))
+        result = pipeline.run()
+        result.wait_until_finish()
+
+        counts = {s: 0 for s in SPLITS}
+        for counter in result.metrics().query(
+                beam.metrics.MetricsFilter().with_namespace(_NAMESPACE))["counters"]:
+            counts[counter.key.metric.name] += counter.committed or counter.attempted
+        counts[CATALOG] = len(movies)
+        if counts[TRAIN] == 0 or counts[EVAL] == 0:
+            raise movielens.DataError(
+                f"the {split} split left {counts[TRAIN]} train and {counts[EVAL]} eval "
+                f"ratings; need some of each")
+        examples.set_string_custom_property("layout", layout)
+        examples.set_string_custom_property("input_dir", os.path.abspath(data_dir))
+        examples.set_string_custom_property("input_fingerprint",
+                                            exec_properties.get("input_fingerprint", ""))
+        examples.set_string_custom_property("split_counts", json.dumps(counts))
+        for name, count in counts.items():
+            examples.set_int_custom_property(f"num_{name}", count)

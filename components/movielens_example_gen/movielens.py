@@ -1,0 +1,566 @@
+"""Streaming, validating reader of raw MovieLens directories (standard library only).
+
+Three on-disk layouts are understood; :func:`detect_layout` tells them apart by the
+files a directory holds.
+
+``ml-100k``
+    ``u.data``  -- ratings, tab-separated ``user_id item_id rating timestamp``, no header.
+    ``u.item``  -- movies, ``|``-separated
+    ``movie_id|title|release_date|video_release_date|url|`` followed by one 0/1 flag per
+    genre, in the order of ``u.genre``.
+    ``u.user``  -- users, ``user_id|age|gender|occupation|zip``.
+    ``u.genre`` -- ``name|index`` lines; optional, the 19 standard genres are assumed
+    when it is absent.
+    Files are latin-1 encoded.
+
+``ml-1m``
+    ``ratings.dat`` -- ``UserID::MovieID::Rating::Timestamp``.
+    ``movies.dat``  -- ``MovieID::Title::Genres`` with ``|``-joined genres.
+    ``users.dat``   -- ``UserID::Gender::Age::Occupation::Zip-code``; the occupation is
+    an integer code 0-20, translated to the names of the ml-1m README.
+    Files are latin-1 encoded.
+
+``ml-latest`` (also the ``ml-latest-small``, ``ml-20m`` and ``ml-25m`` downloads)
+    ``ratings.csv`` -- header ``userId,movieId,rating,timestamp``; half-star ratings.
+    ``movies.csv``  -- header ``movieId,title,genres``; quoted titles may contain commas
+    and doubled quotes; ``|``-joined genres, ``(no genres listed)`` meaning none.
+    There is no user file. Files are utf-8 encoded.
+
+Whatever the layout, each line is decoded as utf-8 and, failing that, as latin-1, so a
+file in either encoding reads correctly. Files are read line by line, never whole.
+
+Every problem with the input raises :class:`DataError` whose message is a single line
+naming the file (and the 1-based line number where one applies), e.g.
+``u.data line 3: rating '7' outside 1..5``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import math
+import os
+import pathlib
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from typing import Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+LAYOUTS = ("ml-100k", "ml-1m", "ml-latest")
+
+# Dataset names that are laid out like ``ml-latest``.
+_LAYOUT_ALIASES = {"ml-latest-small": "ml-latest", "ml-20m": "ml-latest", "ml-25m": "ml-latest"}
+
+RATING_RANGE = {"ml-100k": (1.0, 5.0), "ml-1m": (1.0, 5.0), "ml-latest": (0.5, 5.0)}
+
+#: Datasets :func:`fetch_dataset` knows how to download.
+DATASETS = ("ml-100k", "ml-1m", "ml-latest-small", "ml-latest", "ml-25m", "ml-20m")
+
+DEFAULT_BASE_URL = "https://files.grouplens.org/datasets/movielens"
+DOWNLOAD_TIMEOUT_S = 60
+
+# Per layout: (ratings file, movies file, users file or None).
+_FILES = {
+    "ml-100k": ("u.data", "u.item", "u.user"),
+    "ml-1m": ("ratings.dat", "movies.dat", "users.dat"),
+    "ml-latest": ("ratings.csv", "movies.csv", None),
+}
+_GENRE_FILE = "u.genre"
+# Every file this module reads; these are what :func:`fingerprint` covers.
+_KNOWN_FILES = tuple(
+    sorted({name for files in _FILES.values() for name in files if name} | {_GENRE_FILE})
+)
+
+ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+    "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip
+
+ML1M_OCCUPATIONS = (
+    "other", "academic/educator", "artist", "clerical/admin", "college/grad student",
+    "customer service", "doctor/health care", "executive/managerial", "farmer",
+    "homemaker", "K-12 student", "lawyer", "programmer", "retired", "sales/marketing",
+    "scientist", "self-employed", "technician/engineer", "tradesman/craftsman",
+    "unemployed", "writer",
+)  # fmt: skip
+
+_RATINGS_HEADER = ("userid", "movieid", "rating", "timestamp")
+_MOVIES_HEADER = ("movieid", "title", "genres")
+_NO_GENRES = "(no genres listed)"
+# Field separators per layout; None means comma-separated with csv quoting.
+_RATINGS_SEPARATOR = {"ml-100k": "\t", "ml-1m": "::", "ml-latest": None}
+_CATALOG_SEPARATOR = {"ml-100k": "|", "ml-1m": "::", "ml-latest": None}
+_TITLE_YEAR = re.compile(r"\((\d{4})\)\s*$")
+_RELEASE_DATE_YEAR = re.compile(r"^\d{1,2}-[A-Za-z]{3}-(\d{4})$")
+# Timestamps above this are taken to be milliseconds (10**11 s is in the year 5138).
+_MILLISECONDS_THRESHOLD = 10**11
+
+
+class DataError(ValueError):
+    """Invalid or missing MovieLens data; the message is always a single line."""
+
+    def __init__(self, message: object) -> None:
+        super().__init__(" ".join(str(message).splitlines()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Movie:
+    movie_id: str
+    title: str
+    genres: tuple[str, ...]
+    release_year: int  # 0 when unknown
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+    user_id: str
+    age: int
+    gender: str
+    occupation: str
+    zip_code: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Rating:
+    user_id: str
+    movie_id: str
+    rating: float
+    timestamp: int  # seconds since the epoch
+
+
+# --- layout -------------------------------------------------------------------------------
+
+
+def _layout(layout: str | None, data_dir: PathLike) -> str:
+    """Validates ``layout`` (a dataset name such as ``ml-25m`` is accepted); detects if None."""
+    if layout is None:
+        return detect_layout(data_dir)
+    layout = _LAYOUT_ALIASES.get(layout, layout)
+    if layout not in LAYOUTS:
+        raise DataError(
+            f"unknown MovieLens layout {layout!r}: expected one of {', '.join(LAYOUTS)}"
+        )
+    return layout
+
+
+def _layout_of(directory: pathlib.Path) -> str | None:
+    for layout in LAYOUTS:
+        ratings, movies, _ = _FILES[layout]
+        if (directory / ratings).is_file() and (directory / movies).is_file():
+            return layout
+    return None
+
+
+def detect_layout(data_dir: PathLike) -> str:
+    """Returns which of :data:`LAYOUTS` the files in ``data_dir`` follow."""
+    directory = pathlib.Path(data_dir)
+    if not directory.is_dir():
+        raise DataError(f"data directory does not exist: {directory}")
+    layout = _layout_of(directory)
+    if layout is None:
+        raise DataError(
+            f"no MovieLens files in {directory}: expected u.data+u.item (ml-100k), "
+            "ratings.dat+movies.dat (ml-1m) or ratings.csv+movies.csv (ml-latest)"
+        )
+    return layout
+
+
+def ratings_path(data_dir: PathLike, layout: str | None = None) -> pathlib.Path:
+    """The ratings file of ``data_dir`` (which need not exist)."""
+    return pathlib.Path(data_dir) / _FILES[_layout(layout, data_dir)][0]
+
+
+def _existing(data_dir: PathLike, name: str) -> pathlib.Path:
+    path = pathlib.Path(data_dir) / name
+    if not path.is_file():
+        raise DataError(f"missing {name} in {pathlib.Path(data_dir)}")
+    return path
+
+
+# --- line reading -------------------------------------------------------------------------
+
+
+def _decoded_lines(path: pathlib.Path) -> Iterator[str]:
+    """Yields the lines of ``path`` one at a time, each decoded as utf-8, else latin-1."""
+    with open(path, "rb") as f:
+        first = True
+        for raw in f:
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                line = raw.decode("latin-1")
+            if first:
+                line = line.removeprefix("\ufeff")
+                first = False
+            yield line
+
+
+def _rows(path: pathlib.Path, separator: str | None) -> Iterator[tuple[int, list[str]]]:
+    """Yields ``(line number, stripped fields)`` of the non-blank lines of ``path``.
+
+    ``separator`` None means comma-separated values with csv quoting.
+    """
+    if separator is None:
+        reader = csv.reader(_decoded_lines(path))
+        try:
+            for fields in reader:
+                if any(field.strip() for field in fields):
+                    yield reader.line_num, [field.strip() for field in fields]
+        except csv.Error as e:
+            raise DataError(f"{path.name} line {reader.line_num}: {e}") from None
+    else:
+        for number, line in enumerate(_decoded_lines(path), start=1):
+            if line.strip():
+                yield number, [field.strip() for field in line.rstrip("\r\n").split(separator)]
+
+
+def _describe(separator: str | None) -> str:
+    return {"\t": "tab", "|": "'|'", "::": "'::'", None: "comma"}[separator] + "-separated"
+
+
+def _check_fields(name: str, number: int, fields: list[str], expected: int, separator: str | None):
+    if len(fields) != expected:
+        raise DataError(
+            f"{name} line {number}: expected {expected} {_describe(separator)} fields,"
+            f" got {len(fields)}"
+        )
+
+
+def _check_header(
+    name: str, rows: Iterator[tuple[int, list[str]]], expected: tuple[str, ...]
+) -> bool:
+    """Consumes and checks a csv header; returns False when the file has no lines at all."""
+    for number, fields in rows:
+        if tuple(field.lower() for field in fields) != expected:
+            raise DataError(
+                f"{name} line {number}: expected header {','.join(expected)!r}"
+                f" (any case), got {','.join(fields)!r}"
+            )
+        return True
+    return False
+
+
+# --- ratings ------------------------------------------------------------------------------
+
+
+def iter_ratings(data_dir: PathLike, layout: str | None = None) -> Iterator[Rating]:
+    """Streams the ratings of ``data_dir``, validating every line.
+
+    The file is read one line at a time. Blank lines are skipped. A line raises
+    :class:`DataError` (naming the file and 1-based line number) when it has the wrong
+    number of fields (e.g. a wrong delimiter), an empty user or movie id, a rating that
+    is not a number, not a whole star (ml-100k, ml-1m) or half star (ml-latest), or is
+    outside :data:`RATING_RANGE`, or a timestamp that is not a non-negative integer.
+    A header line in ml-100k/ml-1m therefore fails; ml-latest must start with its header.
+
+    Timestamps larger than 10**11 are taken to be milliseconds and converted to seconds.
+
+    A missing ratings file raises at once; an empty one raises when iteration reaches
+    its end without a rating.
+    """
+    layout = _layout(layout, data_dir)
+    path = _existing(data_dir, _FILES[layout][0])
+    return _ratings(path, layout)
+
+
+def _ratings(path: pathlib.Path, layout: str) -> Iterator[Rating]:
+    name = path.name
+    low, high = RATING_RANGE[layout]
+    whole_stars = layout != "ml-latest"
+    separator = _RATINGS_SEPARATOR[layout]
+    rows = _rows(path, separator)
+    if layout == "ml-latest" and not _check_header(name, rows, _RATINGS_HEADER):
+        raise DataError(f"{name} is empty")
+    count = 0
+    for number, fields in rows:
+        _check_fields(name, number, fields, 4, separator)
+        user_id, movie_id, rating_text, timestamp_text = fields
+        where = f"{name} line {number}"
+        if not user_id:
+            raise DataError(f"{where}: empty user id")
+        if not movie_id:
+            raise DataError(f"{where}: empty movie id")
+        try:
+            rating = float(rating_text)
+        except ValueError:
+            raise DataError(f"{where}: rating {rating_text!r} is not a number") from None
+        if not math.isfinite(rating):
+            raise DataError(f"{where}: rating {rating_text!r} is not a number")
+        if whole_stars and not rating.is_integer():
+            raise DataError(f"{where}: rating {rating_text!r} is not a whole number")
+        if not whole_stars and not (2 * rating).is_integer():
+            raise DataError(f"{where}: rating {rating_text!r} is not a multiple of 0.5")
+        if not low <= rating <= high:
+            raise DataError(f"{where}: rating {rating_text!r} outside {low:g}..{high:g}")
+        if not (timestamp_text.isascii() and timestamp_text.isdigit()):
+            raise DataError(f"{where}: timestamp {timestamp_text!r} is not a non-negative integer")
+        timestamp = int(timestamp_text)
+        if timestamp > _MILLISECONDS_THRESHOLD:
+            timestamp //= 1000
+        count += 1
+        yield Rating(user_id, movie_id, rating, timestamp)
+    if not count:
+        raise DataError(
+            f"{name} is empty" if layout != "ml-latest" else f"{name} is empty (header only)"
+        )
+
+
+# --- movies -------------------------------------------------------------------------------
+
+
+def _release_year(title: str, release_date: str = "") -> int:
+    """Year from a trailing ``(YYYY)`` in the title, else from ``01-Jan-1995``, else 0."""
+    match = _TITLE_YEAR.search(title) or _RELEASE_DATE_YEAR.match(release_date.strip())
+    return int(match.group(1)) if match else 0
+
+
+def _split_genres(text: str) -> tuple[str, ...]:
+    if text.strip() == _NO_GENRES:
+        return ()
+    return tuple(genre.strip() for genre in text.split("|") if genre.strip())
+
+
+def _ml100k_genres(data_dir: pathlib.Path) -> tuple[str, ...]:
+    """Genre names of u.genre ordered by index, or the standard 19 without the file."""
+    path = data_dir / _GENRE_FILE
+    if not path.is_file():
+        return ML100K_GENRES
+    by_index: dict[int, str] = {}
+    for number, fields in _rows(path, "|"):
+        _check_fields(path.name, number, fields, 2, "|")
+        genre, index_text = fields
+        if not genre or not index_text.isdigit():
+            raise DataError(
+                f"{path.name} line {number}: expected 'name|index', got {'|'.join(fields)!r}"
+            )
+        if int(index_text) in by_index:
+            raise DataError(f"{path.name} line {number}: duplicate genre index {index_text}")
+        by_index[int(index_text)] = genre
+    if sorted(by_index) != list(range(len(by_index))) or not by_index:
+        raise DataError(f"{path.name}: genre indices must run 0..N-1, got {sorted(by_index)}")
+    return tuple(by_index[i] for i in range(len(by_index)))
+
+
+def _parse_movie(
+    name: str, number: int, fields: list[str], layout: str, genres: tuple[str, ...]
+) -> Movie:
+    where = f"{name} line {number}"
+    if layout == "ml-100k":
+        _check_fields(name, number, fields, 5 + len(genres), "|")
+        movie_id, title, release_date = fields[:3]
+        flags = fields[5:]
+        if any(flag not in ("0", "1") for flag in flags):
+            raise DataError(f"{where}: genre flags must be 0 or 1, got {'|'.join(flags)!r}")
+        movie_genres = tuple(
+            genre for genre, flag in zip(genres, flags, strict=True) if flag == "1"
+        )
+    elif layout == "ml-1m":
+        if len(fields) < 3:
+            raise DataError(f"{where}: expected 3 '::'-separated fields, got {len(fields)}")
+        # A title containing '::' would split; the id is first and the genres last.
+        movie_id, title, genre_text = fields[0], "::".join(fields[1:-1]), fields[-1]
+        release_date, movie_genres = "", _split_genres(genre_text)
+    else:
+        _check_fields(name, number, fields, 3, None)
+        movie_id, title, genre_text = fields
+        release_date, movie_genres = "", _split_genres(genre_text)
+    if not movie_id:
+        raise DataError(f"{where}: empty movie id")
+    return Movie(movie_id, title, movie_genres, _release_year(title, release_date))
+
+
+def read_movies(data_dir: PathLike, layout: str | None = None) -> dict[str, Movie]:
+    """Every movie of the catalog file, keyed by id, in file order.
+
+    A movie id seen twice keeps its first entry. Genres come from u.item's flags or the
+    ``|``-joined genre field; ``release_year`` from the title's trailing ``(YYYY)``, else
+    u.item's release date, else 0. Malformed lines raise :class:`DataError`.
+    """
+    layout = _layout(layout, data_dir)
+    path = _existing(data_dir, _FILES[layout][1])
+    genres = _ml100k_genres(pathlib.Path(data_dir)) if layout == "ml-100k" else ()
+    separator = _CATALOG_SEPARATOR[layout]
+    rows = _rows(path, separator)
+    if layout == "ml-latest":
+        _check_header(path.name, rows, _MOVIES_HEADER)
+    movies: dict[str, Movie] = {}
+    for number, fields in rows:
+        movie = _parse_movie(path.name, number, fields, layout, genres)
+        movies.setdefault(movie.movie_id, movie)
+    if not movies:
+        raise DataError(f"{path.name} is empty")
+    return movies
+
+
+# --- users --------------------------------------------------------------------------------
+
+
+def read_users(data_dir: PathLike, layout: str | None = None) -> dict[str, User]:
+    """Every user of the user file keyed by id, in file order; ``{}`` for ml-latest.
+
+    ml-1m occupation codes are translated to their names (:data:`ML1M_OCCUPATIONS`).
+    A user id seen twice keeps its first entry; malformed lines raise :class:`DataError`.
+    """
+    layout = _layout(layout, data_dir)
+    if _FILES[layout][2] is None:
+        return {}
+    path = _existing(data_dir, _FILES[layout][2])
+    separator = "|" if layout == "ml-100k" else "::"
+    users: dict[str, User] = {}
+    for number, fields in _rows(path, separator):
+        where = f"{path.name} line {number}"
+        _check_fields(path.name, number, fields, 5, separator)
+        if layout == "ml-100k":
+            user_id, age_text, gender, occupation, zip_code = fields
+        else:
+            user_id, gender, age_text, code, zip_code = fields
+            if not (code.isascii() and code.isdigit() and int(code) < len(ML1M_OCCUPATIONS)):
+                raise DataError(
+                    f"{where}: occupation code {code!r} outside 0..{len(ML1M_OCCUPATIONS) - 1}"
+                )
+            occupation = ML1M_OCCUPATIONS[int(code)]
+        if not user_id:
+            raise DataError(f"{where}: empty user id")
+        if not (age_text.isascii() and age_text.isdigit()):
+            raise DataError(f"{where}: age {age_text!r} is not a non-negative integer")
+        users.setdefault(user_id, User(user_id, int(age_text), gender, occupation, zip_code))
+    return users
+
+
+# --- fingerprint --------------------------------------------------------------------------
+
+
+def fingerprint(data_dir: PathLike) -> str:
+    """A stable hex digest of the MovieLens files in ``data_dir``.
+
+    It covers the name, size and modification time (ns) of each file this module reads,
+    so it is cheap (no file is read) and changes whenever one of them is rewritten.
+    """
+    directory = pathlib.Path(data_dir)
+    if not directory.is_dir():
+        raise DataError(f"data directory does not exist: {directory}")
+    digest = hashlib.sha256()
+    for name in _KNOWN_FILES:
+        path = directory / name
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+# --- download -----------------------------------------------------------------------------
+
+
+def _is_unsafe_member(member: str) -> bool:
+    normalized = member.replace("\\", "/")
+    return (
+        normalized.startswith("/")
+        or re.match(r"^[A-Za-z]:", normalized) is not None
+        or ".." in normalized.split("/")
+    )
+
+
+def _find_data_dir(root: pathlib.Path) -> pathlib.Path | None:
+    """The shallowest directory under ``root`` (inclusive) holding a MovieLens layout."""
+    candidates = [root, *(path for path in root.rglob("*") if path.is_dir())]
+    candidates.sort(key=lambda path: (len(path.relative_to(root).parts), str(path)))
+    return next((path for path in candidates if _layout_of(path)), None)
+
+
+def fetch_dataset(
+    name: str = "ml-100k", cache_dir: PathLike | None = None, base_url: str | None = None
+) -> pathlib.Path:
+    """Downloads MovieLens dataset ``name`` once and returns its directory.
+
+    ``cache_dir`` defaults to ``$MOVIEREC_CACHE`` or ``~/.cache/movierec``; ``base_url``
+    to ``$MOVIEREC_DATA_URL`` or the GroupLens site (http(s):// and file:// both work).
+    When ``cache_dir/name`` already holds MovieLens files it is returned without any
+    network access. Otherwise ``{base_url}/{name}.zip`` is downloaded into a temporary
+    directory inside ``cache_dir``, extracted (members with absolute or ``..`` paths are
+    refused), and the folder holding the files is renamed to ``cache_dir/name``. On any
+    failure a one-line :class:`DataError` is raised and nothing is left in the cache.
+    """
+    if name not in DATASETS:
+        raise DataError(
+            f"unknown MovieLens dataset {name!r}: expected one of {', '.join(DATASETS)}"
+        )
+    cache = pathlib.Path(
+        cache_dir or os.environ.get("MOVIEREC_CACHE") or "~/.cache/movierec"
+    ).expanduser()
+    target = cache / name
+    if target.is_dir() and _layout_of(target):
+        return target
+
+    base = (base_url or os.environ.get("MOVIEREC_DATA_URL") or DEFAULT_BASE_URL).rstrip("/")
+    url = f"{base}/{name}.zip"
+    cache.mkdir(parents=True, exist_ok=True)
+    work = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
+    try:
+        archive = work / "download.zip"
+        try:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                with open(archive, "wb") as out:
+                    shutil.copyfileobj(response, out, length=1 << 20)
+        except urllib.error.HTTPError as e:
+            raise DataError(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
+        except urllib.error.URLError as e:
+            raise DataError(f"cannot download {url}: {e.reason}") from None
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot download {url}: {e}") from None
+
+        extracted = work / "extracted"
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                unsafe = [m for m in zf.namelist() if _is_unsafe_member(m)]
+                if unsafe:
+                    raise DataError(
+                        f"{url}: refusing archive member with unsafe path {unsafe[0]!r}"
+                    )
+                zf.extractall(extracted)
+        except zipfile.BadZipFile as e:
+            raise DataError(f"{url}: not a valid zip archive ({e})") from None
+
+        found = _find_data_dir(extracted)
+        if found is None:
+            raise DataError(f"{url}: archive holds no MovieLens files")
+        if target.exists() or target.is_symlink():
+            # A leftover that is not a dataset: set it aside, it goes with ``work``.
+            os.rename(target, work / "stale")
+        try:
+            os.rename(found, target)
+        except OSError as e:
+            if not _layout_of(target):  # else a concurrent fetch got there first
+                raise DataError(f"cannot move the extracted {name} to {target}: {e}") from None
+        return target
+    except OSError as e:  # extraction or bookkeeping in the cache failed (disk full, ...)
+        raise DataError(f"cannot fetch {url} into {cache}: {e}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+__all__ = [
+    "DATASETS",
+    "LAYOUTS",
+    "ML100K_GENRES",
+    "ML1M_OCCUPATIONS",
+    "RATING_RANGE",
+    "DataError",
+    "Movie",
+    "Rating",
+    "User",
+    "detect_layout",
+    "fetch_dataset",
+    "fingerprint",
+    "iter_ratings",
+    "ratings_path",
+    "read_movies",
+    "read_users",
+]

@@ -1,0 +1,293 @@
+"""The `movierec` command line: run the pipeline and inspect what it produced."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import sys
+import time
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide CUDA-probe noise on CPU hosts
+
+DEFAULT_DATASET = "ml-100k"
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, exit code 2."""
+
+
+# ----------------------------------------------------------------------------- helpers
+def _one_line(exc: BaseException) -> str:
+    """The most specific one-line description of a failure, also through Beam's wrapping."""
+    from components.movielens_example_gen.movielens import DataError
+    from components.validation_gate import AnomaliesFound
+
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    for candidate in chain:
+        if isinstance(candidate, (DataError, AnomaliesFound)):
+            return str(candidate).splitlines()[0].split(" [while running")[0].strip()
+    text = f"{type(chain[0]).__name__}: {chain[0]}"
+    for candidate in chain:  # Beam may re-raise a DataError as another type, by its text
+        for marker in ("DataError: ", "AnomaliesFound: "):
+            if marker in str(candidate):
+                text = str(candidate).split(marker, 1)[1]
+                break
+    return text.strip().splitlines()[0].split(" [while running")[0]
+
+
+class _Progress(logging.Handler):
+    """Turns TFX's component log lines into one progress line per component."""
+
+    def __init__(self, out):
+        super().__init__(logging.INFO)
+        self._out, self._t0, self._started, self._cached = out, time.time(), {}, set()
+        self._current = None
+        self.components = {}
+
+    def emit(self, record):
+        msg, args = record.msg, record.args or ()
+        if not isinstance(msg, str) or not args:
+            return
+        now = time.time()
+        if msg.startswith("Component %s is running"):
+            self._current = args[0]
+            self._started[args[0]] = now
+        elif msg.startswith("A cached execution"):
+            self._cached.add(self._current)
+        elif msg.startswith("Component %s is finished"):
+            name = args[0]
+            took = now - self._started.get(name, now)
+            state = "cached" if name in self._cached else "done"
+            self.components[name] = {"state": state, "seconds": round(took, 1)}
+            print(f"[{now - self._t0:6.1f}s] {name:<32} {state:>6} {took:6.1f}s",
+                  file=self._out, flush=True)
+
+
+@contextlib.contextmanager
+def _run_logging(log_path: str, progress: _Progress):
+    """All library logging goes to `log_path`; the terminal gets progress lines only."""
+    from absl import logging as absl_logging
+
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    root = logging.getLogger()
+    file_handler = logging.FileHandler(log_path)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    saved = (root.handlers[:], root.level)
+    absl_handler = absl_logging.get_absl_handler()
+    root.handlers = [file_handler, progress]
+    root.setLevel(logging.INFO)
+    absl_logging.set_verbosity(absl_logging.INFO)
+    logging.getLogger("absl").removeHandler(absl_handler)
+    tf_logger = logging.getLogger("tensorflow")  # has a console handler of its own
+    tf_saved = (tf_logger.handlers[:], tf_logger.propagate)
+    tf_logger.handlers, tf_logger.propagate = [], True
+    try:
+        yield
+    finally:
+        root.handlers = saved[0]
+        root.setLevel(saved[1])
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        tf_logger.handlers, tf_logger.propagate = tf_saved
+        file_handler.close()
+
+
+@contextlib.contextmanager
+def _output_lock(output_dir: str):
+    """Only one run at a time may write an output directory (and its metadata store)."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        handle = open(os.path.join(output_dir, ".movierec.lock"), "w")
+    except OSError as e:
+        raise UserError(f"cannot write output directory {output_dir}: {e.strerror}") from e
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        handle.close()
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            raise UserError(f"another movierec run is using {output_dir}; wait for it or "
+                            f"choose another --output-dir") from e
+        raise
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _resolve_data_dir(args) -> str:
+    from components.movielens_example_gen import movielens
+
+    if args.data_dir:
+        movielens.detect_layout(args.data_dir)  # fail now, with one line, if it is not one
+        return os.path.abspath(args.data_dir)
+    print(f"no --data-dir: using {args.dataset} from the cache (downloading it if needed)",
+          flush=True)
+    return str(movielens.fetch_dataset(args.dataset))
+
+
+def _hparams(args) -> dict:
+    from trainer.model import HParams
+
+    values = {}
+    for item in args.hparam or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--hparam expects KEY=VALUE, got {item!r}")
+        values[key.strip()] = json.loads(value) if value[:1] in "[{\"" else value
+    for key in ("epochs", "batch_size", "learning_rate", "embedding_dim", "optimizer"):
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
+    # Cast through HParams so that typos and bad values fail before the pipeline starts.
+    defaults = HParams()
+    for key, value in list(values.items()):
+        if hasattr(defaults, key) and isinstance(value, str):
+            current = getattr(defaults, key)
+            if isinstance(current, bool):
+                values[key] = value.lower() in ("1", "true", "yes")
+            elif isinstance(current, (int, float)):
+                values[key] = type(current)(value)
+    try:
+        HParams.from_dict(values)
+    except (TypeError, ValueError) as e:
+        raise UserError(str(e)) from e
+    return values
+
+
+def _print_summary(summary: dict, out):
+    def fmt(key):
+        value = summary.get(key)
+        return "-" if value is None else (f"{value:.4f}" if isinstance(value, float)
+                                          else str(value))
+
+    print("summary:", file=out)
+    print(f"  rating     rmse {fmt('rmse')}  mae {fmt('mae')}  "
+          f"examples {fmt('example_count')}", file=out)
+    print("  retrieval  " + "  ".join(
+        f"top{k} {fmt(f'top_{k}_accuracy')}" for k in (1, 5, 10, 50, 100)), file=out)
+    print(f"  blessed    {fmt('blessed')}", file=out)
+    print(f"  pushed     {summary.get('pushed_model') or 'not pushed'}", file=out, flush=True)
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_run(args) -> int:
+    from pipeline import configs
+
+    output_dir = os.path.abspath(args.output_dir)
+    hparams = _hparams(args)
+    data_dir = _resolve_data_dir(args)
+    from components.movielens_example_gen import movielens
+
+    config = configs.PipelineConfig(
+        data_dir=data_dir, output_dir=output_dir, layout=movielens.detect_layout(data_dir),
+        split=args.split, seed=args.seed, hparams=hparams,
+        beam_workers=args.beam_workers,
+        beam_pipeline_args=tuple(args.beam_pipeline_args.split()) if args.beam_pipeline_args
+        else (),
+        enable_cache=not args.no_cache,
+        **({"rmse_upper_bound": args.rmse_upper_bound} if args.rmse_upper_bound else {}))
+    with _output_lock(output_dir):
+        from pipeline import local_runner, metadata
+
+        log_path = os.path.join(output_dir, "logs",
+                                time.strftime("run-%Y%m%d-%H%M%S.log"))
+        print(f"movierec: {config.layout} from {data_dir} -> {output_dir} "
+              f"(full log: {log_path})", flush=True)
+        progress = _Progress(sys.stdout)
+        started = time.time()
+        with _run_logging(log_path, progress):
+            try:
+                local_runner.run(config)
+            except Exception as e:  # noqa: BLE001 - reported as one line, logged in full
+                logging.getLogger("movierec").exception("run failed")
+                raise UserError(_one_line(e) + f" (full log: {log_path})") from e
+        summary = metadata.run_metrics(metadata.connect(output_dir),
+                                       metadata.find_run(metadata.connect(output_dir)))
+        print(f"finished in {time.time() - started:.0f} s", flush=True)
+        _print_summary(summary, sys.stdout)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from pipeline import metadata
+
+    store = metadata.connect(args.metadata or args.output_dir)
+    if args.what == "metrics":
+        result = metadata.run_metrics(store, metadata.find_run(store, args.run))
+        if args.json:
+            print(json.dumps(result, sort_keys=True))
+        else:
+            _print_summary(result, sys.stdout)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="movierec", description="Train, evaluate and ship a TFRS movie recommender "
+        "with a TFX pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the pipeline (ExampleGen ... Pusher)")
+    run.add_argument("--data-dir", help="a MovieLens directory (ml-100k, ml-1m or "
+                     "ml-latest/ml-25m layout); default: download --dataset into the cache")
+    run.add_argument("--dataset", default=DEFAULT_DATASET,
+                     help="GroupLens dataset to fetch when --data-dir is not given "
+                     "(cache: $MOVIEREC_CACHE or ~/.cache/movierec)")
+    run.add_argument("--output-dir", default="output",
+                     help="pipeline root, metadata.sqlite and serving/ go here")
+    run.add_argument("--split", choices=("random", "time"), default="random",
+                     help="random: seeded 80/20 (default); time: newest 20%% held out")
+    run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--epochs", type=int)
+    run.add_argument("--batch-size", type=int)
+    run.add_argument("--learning-rate", type=float)
+    run.add_argument("--embedding-dim", type=int)
+    run.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"))
+    run.add_argument("--hparam", action="append", metavar="KEY=VALUE",
+                     help="any trainer.model.HParams field, e.g. rating_weight=0.5")
+    run.add_argument("--rmse-upper-bound", type=float,
+                     help="blessing needs eval RMSE at most this")
+    run.add_argument("--beam-workers", type=int, default=0,
+                     help="Beam multi-processing workers (default: in-process)")
+    run.add_argument("--beam-pipeline-args", default="",
+                     help="extra Beam pipeline args, space-separated")
+    run.add_argument("--no-cache", action="store_true",
+                     help="re-execute every component instead of reusing cached results")
+    run.set_defaults(func=cmd_run)
+
+    inspect = sub.add_parser("inspect", help="read runs and metrics from ML Metadata")
+    inspect.add_argument("what", choices=("metrics",))
+    inspect.add_argument("--output-dir", default="output")
+    inspect.add_argument("--metadata", help="path of metadata.sqlite (overrides --output-dir)")
+    inspect.add_argument("--run", help="run id (default: the latest run)")
+    inspect.add_argument("--json", action="store_true", help="one JSON object")
+    inspect.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from components.movielens_example_gen.movielens import DataError
+    from pipeline.metadata import MetadataError
+
+    try:
+        return args.func(args)
+    except (UserError, DataError, MetadataError) as e:
+        print(f"movierec: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2 if not isinstance(e, UserError) or "full log" not in str(e) else 1
+    except KeyboardInterrupt:
+        print("movierec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

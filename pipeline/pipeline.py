@@ -1,0 +1,109 @@
+"""create_pipeline(config): the movierec DAG, read top to bottom."""
+
+from __future__ import annotations
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+
+from components.movielens_example_gen.component import MovieLensExampleGen
+from components.retrieval_evaluator import RetrievalEvaluator
+from components.validation_gate import SchemaGate
+from pipeline import configs
+from trainer import features as F
+
+EVAL_SPLIT = "eval"
+CATALOG_SPLIT = "catalog"
+
+
+def eval_config(config: configs.PipelineConfig) -> tfma.EvalConfig:
+    """Rating-task evaluation; blessing needs RMSE under its bound and no regression."""
+    rmse_threshold = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(
+            upper_bound={"value": config.rmse_upper_bound}),
+        # Ignored on the first run, when no blessed baseline exists yet.
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.LOWER_IS_BETTER,
+            absolute={"value": config.rmse_tolerance}))
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(
+            signature_name="serving_default", label_key=F.RATING,
+            prediction_key="rating", model_type=tfma.TF_GENERIC)],
+        slicing_specs=[tfma.SlicingSpec()],
+        metrics_specs=[tfma.MetricsSpec(metrics=[
+            tfma.MetricConfig(class_name="ExampleCount"),
+            tfma.MetricConfig(class_name="MeanAbsoluteError"),
+            tfma.MetricConfig(class_name="MeanSquaredError"),
+            tfma.MetricConfig(class_name="RootMeanSquaredError", threshold=rmse_threshold),
+        ])])
+
+
+def create_pipeline(config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
+    # Raw MovieLens files -> rating examples (train/eval) + the full movie catalog.
+    example_gen = MovieLensExampleGen(
+        data_dir=config.data_dir, layout=config.layout or None, split=config.split,
+        seed=config.seed, eval_fraction=config.eval_fraction)
+    examples = example_gen.outputs["examples"]
+
+    # Statistics, the curated schema of this layout, and a gate that stops on anomalies.
+    statistics_gen = tfx.components.StatisticsGen(
+        examples=examples, exclude_splits=[CATALOG_SPLIT])
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_file)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"],
+        schema=schema_gen.outputs["schema"], exclude_splits=[CATALOG_SPLIT])
+    schema_gate = SchemaGate(anomalies=example_validator.outputs["anomalies"],
+                             schema=schema_gen.outputs["schema"])
+
+    # Vocabularies, buckets and normalization, analyzed on the train split.
+    transform = tfx.components.Transform(
+        examples=examples,
+        schema=schema_gate.outputs["validated_schema"],
+        preprocessing_fn="trainer.preprocessing.preprocessing_fn",
+        splits_config=tfx.proto.SplitsConfig(analyze=["train"]),
+        materialize=False, disable_statistics=True,
+        custom_config={
+            "timestamp_buckets": int(config.hparams.get(
+                "timestamp_buckets", F.DEFAULT_TIMESTAMP_BUCKETS)),
+            "code": configs.code_fingerprint(*configs.TRANSFORM_CODE)})
+
+    # The multitask TFRS model, exported with its serving signatures.
+    trainer = tfx.components.Trainer(
+        run_fn="trainer.run.run_fn",
+        examples=examples,
+        transform_graph=transform.outputs["transform_graph"],
+        custom_config={"hparams": dict(config.hparams),
+                       "code": configs.code_fingerprint(*configs.TRAINER_CODE)})
+    model = trainer.outputs["model"]
+
+    # Rating metrics and blessing against the latest blessed model (TFMA) ...
+    latest_blessed = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    evaluator = tfx.components.Evaluator(
+        examples=examples, model=model, baseline_model=latest_blessed.outputs["model"],
+        eval_config=eval_config(config), example_splits=[EVAL_SPLIT])
+    # ... and retrieval metrics over the full catalog.
+    retrieval_evaluator = RetrievalEvaluator(
+        examples=examples, model=model, split=EVAL_SPLIT,
+        max_examples=config.retrieval_max_examples)
+
+    # Only a blessed model reaches the serving directory.
+    pusher = tfx.components.Pusher(
+        model=model, model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(
+                base_directory=config.serving_dir)))
+    pusher.add_upstream_node(retrieval_evaluator)
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=[example_gen, statistics_gen, schema_gen, example_validator, schema_gate,
+                    transform, trainer, latest_blessed, evaluator, retrieval_evaluator,
+                    pusher],
+        enable_cache=config.enable_cache,
+        metadata_connection_config=tfx.orchestration.metadata
+        .sqlite_metadata_connection_config(config.metadata_path),
+        beam_pipeline_args=config.all_beam_args())

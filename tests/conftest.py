@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny MovieLens-shaped data written by the tests, and a Transform graph
+built from it the way the pipeline builds one."""
+
+import os
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported anywhere
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest  # noqa: E402
+
+from components.movielens_example_gen import synth  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def synth_data():
+    return synth.generate(users=60, movies=80, ratings=3000, seed=1)
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir(tmp_path_factory, synth_data):
+    """A tiny ml-100k-layout directory (60 users, 80 movies, 3,000 ratings)."""
+    return synth.write_ml100k(tmp_path_factory.mktemp("ml-100k"), synth_data)
+
+
+@pytest.fixture(scope="session")
+def example_files(tmp_path_factory, ml100k_dir):
+    """Gzipped TFRecords of train/eval/catalog examples, as MovieLensExampleGen writes them."""
+    import tensorflow as tf
+
+    from components.movielens_example_gen import executor, movielens
+
+    out = tmp_path_factory.mktemp("examples")
+    movies = movielens.read_movies(ml100k_dir)
+    users = movielens.read_users(ml100k_dir)
+    writers = {s: tf.io.TFRecordWriter(str(out / f"{s}.gz"), options="GZIP")
+               for s in (executor.TRAIN, executor.EVAL, executor.CATALOG)}
+    for rating in movielens.iter_ratings(ml100k_dir):
+        split = executor.EVAL if executor.random_bucket(rating, 42) < 0.2 else executor.TRAIN
+        writers[split].write(executor.rating_example(
+            rating, movies[rating.movie_id], users[rating.user_id]).SerializeToString())
+    for movie in movies.values():
+        writers[executor.CATALOG].write(executor.catalog_example(movie).SerializeToString())
+    for writer in writers.values():
+        writer.close()
+    return {s: str(out / f"{s}.gz") for s in writers}
+
+
+@pytest.fixture(scope="session")
+def transform_dir(tmp_path_factory, example_files):
+    """Transform's output (graph + vocabularies) analyzed on the train split, using the
+    committed ml-100k schema for the input spec, as the Transform component does."""
+    import tensorflow_transform as tft
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import schema_utils
+    from tfx.utils import io_utils
+    from tensorflow_metadata.proto.v0 import schema_pb2
+    import tensorflow as tf
+
+    from pipeline import configs
+    from trainer import preprocessing
+
+    schema = io_utils.parse_pbtxt_file(
+        configs.PipelineConfig("", "", layout="ml-100k").schema_file, schema_pb2.Schema())
+    spec = schema_utils.schema_as_feature_spec(schema).feature_spec
+    rows = [tf.io.parse_single_example(r, spec) for r in
+            tf.data.TFRecordDataset(example_files["train"], compression_type="GZIP")]
+    rows = [{k: (v.values.numpy() if isinstance(v, tf.SparseTensor) else v.numpy())
+             for k, v in row.items()} for row in rows]
+    out = tmp_path_factory.mktemp("transform")
+    with tft_beam.Context(temp_dir=str(out / "tmp"), force_tf_compat_v1=False):
+        transform_fn = ((rows, tft.DatasetMetadata(schema))
+                        | tft_beam.AnalyzeDataset(preprocessing.preprocessing_fn))
+        _ = transform_fn | tft_beam.WriteTransformFn(str(out / "graph"))
+    return str(out / "graph")

@@ -1,0 +1,177 @@
+"""Trainer module: run_fn (the TFX entry point) and a TFX-free `train_and_export`.
+
+Input: the raw rating examples (splits train/eval), the catalog split, and Transform's
+graph. The Transform layer is applied here, once, and the transformed training set is kept
+in memory, so epochs cost only the model's own work.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from trainer import export
+from trainer import features as F
+from trainer.model import HParams, MovieRecModel, Vocab
+
+_READ_BATCH = 8192
+
+
+def tfrecord_files(patterns) -> list[str]:
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    files = sorted(f for p in patterns for f in glob.glob(p if any(c in p for c in "*?[")
+                                                              else os.path.join(p, "*")))
+    if not files:
+        raise FileNotFoundError(f"no TFRecord files match {patterns}")
+    return files
+
+
+def raw_batches(files, features):
+    """Parsed raw examples from gzipped TFRecords, in batches."""
+    spec = F.raw_feature_spec(features)
+    return (tf.data.TFRecordDataset(files, compression_type="GZIP")
+            .batch(_READ_BATCH)
+            .map(lambda x: tf.io.parse_example(x, spec), num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def _concat(chunks: list[dict]) -> dict:
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]} if chunks else {}
+
+
+def _to_numpy(tensors: dict) -> dict:
+    out = {}
+    for key, value in tensors.items():
+        if isinstance(value, tf.SparseTensor):
+            value = tf.RaggedTensor.from_sparse(value)
+        if isinstance(value, tf.RaggedTensor):
+            out[key] = np.array([[v.decode() for v in row] for row in value.to_list()],
+                                dtype=object)
+        elif value.dtype == tf.string:
+            out[key] = np.array([v.decode() for v in value.numpy().reshape(-1)], dtype=object)
+        else:
+            out[key] = value.numpy().reshape(-1)
+    return out
+
+
+def load_ratings(files, tft_layer):
+    """Transformed columns of every rating example, plus each user's raw side features."""
+    chunks, users = [], {}
+    user_keys = F.names((F.QUERY_FEATURES[0],) + F.USER_SIDE_FEATURES)
+    for raw in raw_batches(files, F.RATING_EXAMPLE_FEATURES):
+        xf = tft_layer(raw)
+        chunks.append({k: v.numpy() for k, v in xf.items()})
+        cols = _to_numpy({k: raw[k] for k in user_keys})
+        for i, uid in enumerate(cols[F.USER_ID]):
+            if uid not in users:
+                users[uid] = tuple(cols[k][i] for k in user_keys[1:])
+    user_table = {F.USER_ID: list(users)}
+    for j, key in enumerate(user_keys[1:]):
+        user_table[key] = [v[j] for v in users.values()]
+    return _concat(chunks), user_table
+
+
+def load_catalog(files, tft_layer):
+    """Raw columns of every catalog movie, and their transformed movie ids."""
+    chunks, ids = [], []
+    for raw in raw_batches(files, F.MOVIE_FEATURES):
+        chunks.append(_to_numpy(raw))
+        ids.append(tft_layer({F.MOVIE_ID: raw[F.MOVIE_ID]})[F.MOVIE_ID_XF].numpy().reshape(-1))
+    catalog = _concat(chunks)
+    catalog[F.MOVIE_GENRES] = [list(g) for g in catalog[F.MOVIE_GENRES]]
+    return catalog, np.concatenate(ids)
+
+
+def split_validation(columns: dict, fraction: float, seed: int):
+    """A seeded random `fraction` of the training rows, held out for early stopping."""
+    n = len(columns[F.RATING_XF])
+    if fraction <= 0:
+        return columns, None
+    order = np.random.default_rng(seed).permutation(n)
+    cut = int(round(n * fraction))
+    return ({k: v[order[cut:]] for k, v in columns.items()},
+            {k: v[order[:cut]] for k, v in columns.items()})
+
+
+def _dataset(columns: dict, hp: HParams, shuffle: bool):
+    ds = tf.data.Dataset.from_tensor_slices(columns)
+    if shuffle:
+        n = len(next(iter(columns.values())))
+        ds = ds.shuffle(min(n, 1_000_000), seed=hp.seed, reshuffle_each_iteration=True)
+    return ds.batch(hp.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+class _LogEpochs(tf.keras.callbacks.Callback):
+    """One log line per epoch (the CLI sends logs to the run's log file)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        logging.getLogger("movierec.trainer").info(
+            "epoch %d: %s", epoch + 1,
+            " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items())))
+
+
+def fit(train: dict, vocab: Vocab, hp: HParams, validation: dict | None = None,
+        callbacks=()):
+    """Builds and trains the multitask model on transformed columns."""
+    tf.keras.utils.set_random_seed(hp.seed)
+    counts = np.bincount(train[F.MOVIE_ID_XF], minlength=vocab.sizes[F.MOVIE_ID_XF])
+    log_prob = np.log((counts + 1.0) / (counts.sum() + len(counts)))
+    model = MovieRecModel(vocab, hp, movie_log_prob=log_prob,
+                          mean_rating=float(np.mean(train[F.RATING_XF])))
+    model.compile(optimizer=hp.make_optimizer())
+    history = model.fit(
+        _dataset(train, hp, shuffle=True), epochs=hp.epochs, verbose=0,
+        validation_data=_dataset(validation, hp, shuffle=False) if validation else None,
+        callbacks=[_LogEpochs()] + list(callbacks))
+    return model, counts, history.history
+
+
+def train_and_export(train_files, catalog_files, transform_output: str, serving_dir: str,
+                     hp: HParams, log_dir: str | None = None) -> dict:
+    """Everything run_fn does, callable without TFX. Returns the training history."""
+    started = time.time()
+    tft_output = tft.TFTransformOutput(transform_output)
+    tft_layer = tft_output.transform_features_layer()
+    vocab = Vocab.from_tft_output(tft_output, hp.timestamp_buckets)
+    columns, users = load_ratings(tfrecord_files(train_files), tft_layer)
+    train, validation = split_validation(columns, hp.validation_fraction, hp.seed)
+    model, counts, history = fit(train, vocab, hp, validation)
+    catalog, catalog_xf_ids = load_catalog(tfrecord_files(catalog_files), tft_layer)
+    module = export.MovieRecExport(model, tft_layer, catalog, users,
+                                   popularity=counts[catalog_xf_ids])
+    export.save(module, serving_dir)
+    history = {k: [float(x) for x in v] for k, v in history.items()}
+    summary = {"history": history, "hparams": json.loads(hp.to_json()),
+               "train_examples": int(len(train[F.RATING_XF])),
+               "validation_examples": int(len(validation[F.RATING_XF])) if validation else 0,
+               "catalog_size": int(len(catalog_xf_ids)),
+               "seconds": round(time.time() - started, 1)}
+    if log_dir:
+        tf.io.gfile.makedirs(log_dir)
+        with tf.io.gfile.GFile(os.path.join(log_dir, "training.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+    return summary
+
+
+def _split_dir(train_files, split: str) -> str:
+    """The directory of another split of the same Examples artifact."""
+    train_dir = os.path.dirname(tfrecord_files(train_files)[0])
+    return os.path.join(os.path.dirname(train_dir), f"Split-{split}")
+
+
+def run_fn(fn_args):
+    """TFX Trainer entry point."""
+    config = fn_args.custom_config or {}
+    hp = HParams.from_dict(config.get("hparams"))
+    train_and_export(
+        fn_args.train_files, _split_dir(fn_args.train_files, "catalog"),
+        fn_args.transform_output, fn_args.serving_model_dir, hp,
+        log_dir=fn_args.model_run_dir)
