@@ -25,13 +25,17 @@ _READ_BATCH = 8192
 
 
 def tfrecord_files(patterns) -> list[str]:
+    """Files named by paths, directories (all files inside) or glob patterns."""
     if isinstance(patterns, str):
         patterns = [patterns]
-    files = sorted(f for p in patterns for f in glob.glob(p if any(c in p for c in "*?[")
-                                                              else os.path.join(p, "*")))
+    files = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            pattern = os.path.join(pattern, "*")
+        files += glob.glob(pattern)
     if not files:
         raise FileNotFoundError(f"no TFRecord files match {patterns}")
-    return files
+    return sorted(files)
 
 
 def raw_batches(files, features):
