@@ -41,9 +41,10 @@ def RetrievalEvaluator(
     """Computes top-1/5/10/50/100 accuracy of `model` on `split` of `examples`."""
     from trainer import evaluation as ev  # TensorFlow loads only when the component runs
 
-    files = os.path.join(artifact_utils.get_split_uri([examples], split), "*")
     served = ev.load_serving_model(path_utils.serving_model_path(model.uri))
-    metrics = ev.evaluate_retrieval(served, files, max_examples=max_examples)
+    batches = ev.serialized_batches(artifact_utils.get_split_uri([examples], split),
+                                    max_examples=max_examples)
+    metrics = ev.evaluate(served, batches, rating=False)
     os.makedirs(evaluation.uri, exist_ok=True)
     with open(os.path.join(evaluation.uri, METRICS_FILE), "w") as f:
         json.dump(metrics, f, indent=1, sort_keys=True)

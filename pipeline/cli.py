@@ -182,8 +182,14 @@ def _print_summary(summary: dict, out):
 def cmd_run(args) -> int:
     from pipeline import configs
 
+    from components.movielens_example_gen.executor import ratings_sources
+
     output_dir = os.path.abspath(args.output_dir)
     hparams = _hparams(args)
+    try:
+        ratings_sources(args.split)
+    except ValueError as e:
+        raise UserError(str(e)) from e
     data_dir = _resolve_data_dir(args)
     from components.movielens_example_gen import movielens
 
@@ -222,11 +228,53 @@ def cmd_inspect(args) -> int:
 
     store = metadata.connect(args.metadata or args.output_dir)
     if args.what == "metrics":
-        result = metadata.run_metrics(store, metadata.find_run(store, args.run))
+        result = metadata.run_metrics(store, metadata.find_run(store, args.run,
+                                                               evaluated=True))
         if args.json:
             print(json.dumps(result, sort_keys=True))
         else:
             _print_summary(result, sys.stdout)
+    return 0
+
+
+def resolve_model_dir(path: str) -> str:
+    """A SavedModel directory, or the newest integer version under a serving base."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = sorted((int(v) for v in os.listdir(path) if v.isdigit()) if os.path.isdir(path)
+                      else [])
+    if not versions:
+        raise UserError(f"no SavedModel in {path} (expected saved_model.pb or <version>/)")
+    return os.path.join(path, str(versions[-1]))
+
+
+def cmd_evaluate(args) -> int:
+    """Metrics of a pushed model on ratings from outside the pipeline."""
+    import itertools
+
+    import tensorflow as tf
+
+    from components.movielens_example_gen.executor import rating_examples
+    from trainer import evaluation
+
+    model_dir = resolve_model_dir(args.model)
+    examples = (e.SerializeToString() for e in rating_examples(
+        args.data_dir, None, args.ratings_file))
+    model = evaluation.load_serving_model(model_dir)
+
+    def batches():
+        while True:
+            chunk = list(itertools.islice(examples, 2048))
+            if not chunk:
+                return
+            yield tf.constant(chunk)
+
+    metrics = evaluation.evaluate(model, batches())
+    metrics["model"] = model_dir
+    if args.json:
+        print(json.dumps(metrics, sort_keys=True))
+    else:
+        _print_summary({**metrics, "example_count": metrics["rating_examples"]}, sys.stdout)
     return 0
 
 
@@ -244,8 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "(cache: $MOVIEREC_CACHE or ~/.cache/movierec)")
     run.add_argument("--output-dir", default="output",
                      help="pipeline root, metadata.sqlite and serving/ go here")
-    run.add_argument("--split", choices=("random", "time"), default="random",
-                     help="random: seeded 80/20 (default); time: newest 20%% held out")
+    run.add_argument("--split", default="random",
+                     help="random: seeded 80/20 (default); time: newest 20%% held out; "
+                     "fold:NAME: NAME.base/NAME.test (ml-100k's fold:u1 ... fold:u5)")
     run.add_argument("--seed", type=int, default=42)
     run.add_argument("--epochs", type=int)
     run.add_argument("--batch-size", type=int)
@@ -268,9 +317,20 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("what", choices=("metrics",))
     inspect.add_argument("--output-dir", default="output")
     inspect.add_argument("--metadata", help="path of metadata.sqlite (overrides --output-dir)")
-    inspect.add_argument("--run", help="run id (default: the latest run)")
+    inspect.add_argument("--run", help="run id (default: the latest run that reached "
+                         "evaluation)")
     inspect.add_argument("--json", action="store_true", help="one JSON object")
     inspect.set_defaults(func=cmd_inspect)
+    evaluate = sub.add_parser(
+        "evaluate", help="metrics of a pushed model on ratings from outside the pipeline")
+    evaluate.add_argument("--model", required=True,
+                          help="a SavedModel dir, or a serving base (newest version)")
+    evaluate.add_argument("--data-dir", required=True, help="a MovieLens directory")
+    evaluate.add_argument("--ratings-file",
+                          help="a ratings file of that directory (default: the layout's), "
+                          "e.g. u1.test")
+    evaluate.add_argument("--json", action="store_true", help="one JSON object")
+    evaluate.set_defaults(func=cmd_evaluate)
     return parser
 
 

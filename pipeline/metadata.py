@@ -33,11 +33,17 @@ def runs(store) -> list:
                   key=lambda c: (c.create_time_since_epoch, c.id))
 
 
-def find_run(store, run_id: str | None = None):
+def find_run(store, run_id: str | None = None, evaluated: bool = False):
+    """The run named `run_id`, else the latest run (with `evaluated`: the latest run that
+    got as far as an evaluation, so a run that failed early does not hide the metrics)."""
     all_runs = runs(store)
     if not all_runs:
         raise MetadataError("the metadata store holds no pipeline run")
     if run_id is None:
+        if evaluated:
+            for context in reversed(all_runs):
+                if run_artifacts(store, context, "ModelEvaluation"):
+                    return context
         return all_runs[-1]
     for context in all_runs:
         if context.name == run_id or str(context.id) == str(run_id):
@@ -106,6 +112,9 @@ def run_metrics(store, context) -> dict:
     blessings = run_artifacts(store, context, "ModelBlessing")
     if blessings:
         result["blessed"] = bool(custom(blessings[-1], "blessed", 0))
+    examples = run_artifacts(store, context, "Examples")
+    if examples:
+        result["examples"] = examples[-1].uri
     models = run_artifacts(store, context, "Model")
     if models:
         result["model"] = models[-1].uri

@@ -118,3 +118,32 @@ def test_anomalies_stop_the_run_before_transform(first_run, tmp_path, synth_data
     assert rc != 0 and len(err.splitlines()) == 1
     assert "user_occupation" in err
     assert _snapshot(out) == before
+
+
+def test_evaluate_the_pushed_model_from_outside(first_run, ml100k_dir, tmp_path, capsys):
+    """`movierec evaluate` queries both signatures for raw ratings; on exactly the eval
+    split's ratings it reproduces the numbers the pipeline recorded."""
+    _, out = first_run
+    capsys.readouterr()
+    assert cli.main(["inspect", "metrics", "--output-dir", str(out), "--json"]) == 0
+    recorded = json.loads(capsys.readouterr().out)
+
+    data = tmp_path / "data"
+    shutil.copytree(ml100k_dir, data)
+    files = [str(p) for p in pathlib.Path(recorded["examples"]).glob("Split-eval/*")]
+    spec = {k: tf.io.FixedLenFeature([1], t) for k, t in (
+        ("user_id", tf.string), ("movie_id", tf.string), ("rating", tf.float32),
+        ("timestamp", tf.int64))}
+    with open(data / "eval.data", "w") as f:
+        for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+            e = {k: v.numpy()[0] for k, v in tf.io.parse_single_example(record, spec).items()}
+            f.write(f"{e['user_id'].decode()}\t{e['movie_id'].decode()}\t"
+                    f"{int(e['rating'])}\t{e['timestamp']}\n")
+    assert cli.main(["evaluate", "--model", str(out / "serving" / "movierec"),
+                     "--data-dir", str(data), "--ratings-file", "eval.data", "--json"]) == 0
+    outside = json.loads(capsys.readouterr().out)
+    assert outside["rating_examples"] == recorded["example_count"]
+    assert outside["rmse"] == pytest.approx(recorded["rmse"], abs=1e-3)
+    for k in (1, 5, 10, 50, 100):
+        assert outside[f"top_{k}_accuracy"] == pytest.approx(
+            recorded[f"top_{k}_accuracy"], abs=1e-6)

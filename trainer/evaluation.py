@@ -1,8 +1,12 @@
-"""Retrieval metrics of an exported model, computed through its `recommend_at` signature.
+"""Metrics of an exported model, computed through its serving signatures on raw examples.
 
-top_K_accuracy is TFRS's FactorizedTopK metric (the seeds' number): the share of held-out
-ratings whose movie is among the model's top K of the *full catalog* for that user at that
-time. It is measured on the exported SavedModel, i.e. exactly what is served.
+- top_K_accuracy is TFRS's FactorizedTopK metric (the seeds' number): the share of held-out
+  ratings whose movie is among the model's top K of the *full catalog* for that user at that
+  time (through `recommend_at`);
+- rmse / mae of the predicted rating (through `serving_default`).
+
+They are measured on the exported SavedModel, i.e. exactly what is served, by the pipeline's
+RetrievalEvaluator and by `movierec evaluate` on ratings from outside the pipeline.
 """
 
 from __future__ import annotations
@@ -13,56 +17,63 @@ import tensorflow as tf
 from trainer import features as F
 
 TOP_KS = (1, 5, 10, 50, 100)
+_QUERY_SPEC = F.raw_feature_spec((F.QUERY_FEATURES[0], F.QUERY_FEATURES[1],
+                                  F.MOVIE_FEATURES[0], F.LABEL_FEATURE))
 
 
 def load_serving_model(path: str):
     return tf.saved_model.load(path)
 
 
-def hit_ranks(model, user_ids, timestamps, movie_ids, k: int = max(TOP_KS),
-              batch_size: int = 1024) -> np.ndarray:
+def hit_ranks(model, user_ids, timestamps, movie_ids, k: int = max(TOP_KS)) -> np.ndarray:
     """0-based rank of each true movie in the model's top k, or k when it is not there."""
-    recommend = model.signatures["recommend_at"]
-    ranks = []
-    for start in range(0, len(user_ids), batch_size):
-        stop = start + batch_size
-        out = recommend(
-            user_id=tf.constant(user_ids[start:stop]),
-            timestamp=tf.constant(timestamps[start:stop], tf.int64),
-            k=tf.fill([len(user_ids[start:stop])], tf.constant(k, tf.int64)))
-        top = out["movie_ids"].numpy()
-        truth = np.asarray(movie_ids[start:stop], dtype=object).astype(bytes)[:, None]
-        hits = top == truth
-        ranks.append(np.where(hits.any(axis=1), hits.argmax(axis=1), k))
-    return np.concatenate(ranks) if ranks else np.zeros([0], np.int64)
+    out = model.signatures["recommend_at"](
+        user_id=tf.constant(user_ids), timestamp=tf.constant(timestamps, tf.int64),
+        k=tf.fill([len(user_ids)], tf.constant(k, tf.int64)))
+    hits = out["movie_ids"].numpy() == np.asarray(movie_ids, dtype=object)[:, None]
+    return np.where(hits.any(axis=1), hits.argmax(axis=1), k)
 
 
-def top_k_accuracy(ranks: np.ndarray, ks=TOP_KS) -> dict:
-    return {f"top_{k}_accuracy": float(np.mean(ranks < k)) if len(ranks) else 0.0
-            for k in ks}
+def serialized_batches(files, batch_size: int = 2048, max_examples: int = 0, seed: int = 0):
+    """Batches of serialized examples from gzipped TFRecords; a seeded sample of about
+    max_examples of them when max_examples > 0."""
+    from trainer.run import tfrecord_files  # local: avoids a cycle
+
+    ds = tf.data.TFRecordDataset(tfrecord_files(files), compression_type="GZIP")
+    if max_examples > 0:
+        total = int(ds.reduce(np.int64(0), lambda n, _: n + 1))
+        if total > max_examples:
+            keep = max_examples / total
+
+            def sampled(i, _):
+                draw = tf.random.stateless_uniform([], seed=tf.stack([np.int64(seed), i]))
+                return draw < keep
+
+            ds = ds.enumerate().filter(sampled).map(lambda _, x: x)
+    return ds.batch(batch_size)
 
 
-def read_eval_queries(files, max_examples: int = 0, seed: int = 0):
-    """(user_ids, timestamps, movie_ids) of the raw eval examples; a seeded sample of at
-    most max_examples of them when max_examples > 0."""
-    from trainer.run import raw_batches, tfrecord_files  # local: keeps imports light
-
-    features = (F.QUERY_FEATURES[0], F.QUERY_FEATURES[1], F.MOVIE_FEATURES[0])
-    users, stamps, movies = [], [], []
-    for batch in raw_batches(tfrecord_files(files), features):
-        users.append(batch[F.USER_ID].numpy().reshape(-1))
-        stamps.append(batch[F.TIMESTAMP].numpy().reshape(-1))
-        movies.append(batch[F.MOVIE_ID].numpy().reshape(-1))
-    users, stamps, movies = (np.concatenate(x) for x in (users, stamps, movies))
-    if 0 < max_examples < len(users):
-        keep = np.sort(np.random.default_rng(seed).choice(len(users), max_examples,
-                                                          replace=False))
-        users, stamps, movies = users[keep], stamps[keep], movies[keep]
-    return users, stamps, movies
-
-
-def evaluate_retrieval(model, files, max_examples: int = 0) -> dict:
-    users, stamps, movies = read_eval_queries(files, max_examples)
-    metrics = top_k_accuracy(hit_ranks(model, users, stamps, movies))
-    metrics["retrieval_examples"] = int(len(users))
+def evaluate(model, batches, rating: bool = True, retrieval: bool = True) -> dict:
+    """Metrics of `model` over batches of serialized rating examples."""
+    ranks, errors = [], []
+    for batch in batches:
+        parsed = tf.io.parse_example(batch, _QUERY_SPEC)
+        cols = {k: v.numpy().reshape(-1) for k, v in parsed.items()}
+        if retrieval:
+            ranks.append(hit_ranks(model, cols[F.USER_ID], cols[F.TIMESTAMP],
+                                   cols[F.MOVIE_ID]))
+        if rating:
+            predicted = model.signatures["serving_default"](examples=batch)["rating"]
+            errors.append(predicted.numpy() - cols[F.RATING])
+    metrics = {}
+    if retrieval:
+        ranks = np.concatenate(ranks) if ranks else np.zeros([0])
+        for k in TOP_KS:
+            metrics[f"top_{k}_accuracy"] = float(np.mean(ranks < k)) if len(ranks) else 0.0
+        metrics["retrieval_examples"] = int(len(ranks))
+    if rating:
+        errors = np.concatenate(errors) if errors else np.zeros([0])
+        metrics["rmse"] = float(np.sqrt(np.mean(errors ** 2))) if len(errors) else 0.0
+        metrics["mae"] = float(np.mean(np.abs(errors))) if len(errors) else 0.0
+        metrics["rating_examples"] = int(len(errors))
     return metrics

@@ -36,9 +36,9 @@ class MovieLensExampleGen(base_beam_component.BaseBeamComponent):
                  seed: int = 42, eval_fraction: float = 0.2,
                  input_fingerprint: str | None = None):
         """data_dir: a MovieLens directory (layout detected when not given);
-        split: 'random' (seeded, the seeds' protocol) or 'time' (newest ratings held out)."""
-        if split not in ("random", "time"):
-            raise ValueError(f"split must be 'random' or 'time', not {split!r}")
+        split: 'random' (seeded 80/20, the seeds' protocol), 'time' (the newest ratings
+        held out) or 'fold:NAME' (NAME.base / NAME.test, e.g. ml-100k's fold:u1)."""
+        executor.ratings_sources(split)  # validates
         if not 0.0 < eval_fraction < 1.0:
             raise ValueError("eval_fraction must be between 0 and 1")
         super().__init__(spec=MovieLensExampleGenSpec(

@@ -79,6 +79,32 @@ def catalog_example(movie: movielens.Movie) -> tf.train.Example:
     return tf.train.Example(features=tf.train.Features(feature=movie_features(movie)))
 
 
+def join(rating: movielens.Rating, movies: dict, users: dict, files: dict) -> tf.train.Example:
+    """The rating's example, with its movie and (where the layout has users) its user."""
+    movie = movies.get(rating.movie_id)
+    if movie is None:
+        raise movielens.DataError(
+            f"{files['ratings']}: movie {rating.movie_id!r} (rated by user "
+            f"{rating.user_id!r}) is not in {files['movies']}")
+    user = users.get(rating.user_id)
+    if user is None and users:
+        raise movielens.DataError(
+            f"{files['ratings']}: user {rating.user_id!r} is not in {files['users']}")
+    return rating_example(rating, movie, user)
+
+
+def rating_examples(data_dir: str, layout: str | None = None, file_name: str | None = None):
+    """Every rating of a MovieLens directory as a joined tf.Example, streamed."""
+    layout = layout or movielens.detect_layout(data_dir)
+    movies = movielens.read_movies(data_dir, layout)
+    users = movielens.read_users(data_dir, layout)
+    files = movielens.layout_files(layout)
+    if file_name:
+        files = {**files, "ratings": file_name}
+    for rating in movielens.iter_ratings(data_dir, layout, file_name):
+        yield join(rating, movies, users, files)
+
+
 def random_bucket(rating: movielens.Rating, seed: int) -> float:
     """A deterministic uniform [0, 1) number per rating: the seeded random split."""
     key = f"{seed}|{rating.user_id}|{rating.movie_id}|{rating.timestamp}".encode()
@@ -93,6 +119,19 @@ def time_cutoff(data_dir: str, layout: str, eval_fraction: float) -> int:
     return int(stamps[min(len(stamps) - 1, int(len(stamps) * (1.0 - eval_fraction)))])
 
 
+def ratings_sources(split: str) -> list:
+    """(ratings file name or None for the layout's own, split it goes to or None) pairs.
+
+    'random' and 'time' split the layout's ratings file; 'fold:NAME' reads a predefined
+    split, NAME.base for train and NAME.test for eval (ml-100k's u1 ... u5, ua, ub)."""
+    if split in ("random", "time"):
+        return [(None, None)]
+    if split.startswith("fold:") and split[5:]:
+        name = split[5:]
+        return [(f"{name}.base", TRAIN), (f"{name}.test", EVAL)]
+    raise ValueError(f"split must be 'random', 'time' or 'fold:NAME', not {split!r}")
+
+
 class _JoinAndSplit(beam.DoFn):
     """Rating -> (split, serialized example), joined with its movie and user."""
 
@@ -105,26 +144,19 @@ class _JoinAndSplit(beam.DoFn):
     def setup(self):
         self._movies = movielens.read_movies(*self._args)
         self._users = movielens.read_users(*self._args)
-        ratings, movies, users = movielens._FILES[self._args[1]]
-        self._files = {"ratings": ratings, "movies": movies, "users": users}
+        self._files = movielens.layout_files(self._args[1])
 
-    def process(self, rating: movielens.Rating):
-        movie = self._movies.get(rating.movie_id)
-        if movie is None:
-            raise movielens.DataError(
-                f"{self._files['ratings']}: movie {rating.movie_id!r} (rated by user "
-                f"{rating.user_id!r}) is not in {self._files['movies']}")
-        user = self._users.get(rating.user_id)
-        if user is None and self._users:
-            raise movielens.DataError(
-                f"{self._files['ratings']}: user {rating.user_id!r} is not in "
-                f"{self._files['users']}")
-        if self._split == "time":
+    def process(self, item):
+        fixed_split, rating = item
+        example = join(rating, self._movies, self._users, self._files)
+        if fixed_split:
+            split = fixed_split
+        elif self._split == "time":
             split = EVAL if rating.timestamp >= self._cutoff else TRAIN
         else:
             split = EVAL if random_bucket(rating, self._seed) < self._eval_fraction else TRAIN
         self._counters[split].inc()
-        yield split, rating_example(rating, movie, user).SerializeToString()
+        yield split, example.SerializeToString()
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
@@ -137,8 +169,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         split = exec_properties["split"]
         seed = int(exec_properties["seed"])
         eval_fraction = float(exec_properties["eval_fraction"])
-        if split not in ("random", "time"):
-            raise ValueError(f"split must be 'random' or 'time', not {split!r}")
+        sources = ratings_sources(split)
         movies = movielens.read_movies(data_dir, layout)  # fail early on a bad catalog
         movielens.read_users(data_dir, layout)
         cutoff = time_cutoff(data_dir, layout, eval_fraction) if split == "time" else 0
@@ -149,8 +180,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         examples_utils.set_file_format(examples, "tfrecords_gzip")
         pipeline = self._make_beam_pipeline()
         rated = (pipeline
-                 | "Dir" >> beam.Create([data_dir])
-                 | "ReadRatings" >> beam.FlatMap(movielens.iter_ratings, layout)
+                 | "Sources" >> beam.Create(sources)
+                 | "ReadRatings" >> beam.FlatMap(
+                     lambda src: ((src[1], r) for r in movielens.iter_ratings(
+                         data_dir, layout, src[0])))
                  | "JoinAndSplit" >> beam.ParDo(_JoinAndSplit(
                      data_dir, layout, split, seed, eval_fraction, cutoff)))
         for name in (TRAIN, EVAL):

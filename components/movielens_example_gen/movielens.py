@@ -251,8 +251,13 @@ def _check_header(
 # --- ratings ------------------------------------------------------------------------------
 
 
-def iter_ratings(data_dir: PathLike, layout: str | None = None) -> Iterator[Rating]:
+def iter_ratings(
+    data_dir: PathLike, layout: str | None = None, file_name: str | None = None
+) -> Iterator[Rating]:
     """Streams the ratings of ``data_dir``, validating every line.
+
+    ``file_name`` reads another ratings file of the same layout instead of the default one
+    (ml-100k's predefined folds ``u1.base`` ... ``u5.test``, say).
 
     The file is read one line at a time. Blank lines are skipped. A line raises
     :class:`DataError` (naming the file and 1-based line number) when it has the wrong
@@ -267,8 +272,14 @@ def iter_ratings(data_dir: PathLike, layout: str | None = None) -> Iterator[Rati
     its end without a rating.
     """
     layout = _layout(layout, data_dir)
-    path = _existing(data_dir, _FILES[layout][0])
+    path = _existing(data_dir, file_name or _FILES[layout][0])
     return _ratings(path, layout)
+
+
+def layout_files(layout: str) -> dict[str, str | None]:
+    """File names of a layout: {"ratings": ..., "movies": ..., "users": ... or None}."""
+    ratings, movies, users = _FILES[_LAYOUT_ALIASES.get(layout, layout)]
+    return {"ratings": ratings, "movies": movies, "users": users}
 
 
 def _ratings(path: pathlib.Path, layout: str) -> Iterator[Rating]:

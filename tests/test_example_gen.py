@@ -1,0 +1,97 @@
+"""MovieLensExampleGen's executor on tiny data of each layout, through real Beam."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tfx.types import standard_artifacts
+
+from components.movielens_example_gen import executor, movielens, synth
+from trainer import features as F
+
+
+def _run(data_dir, tmp_path, split="random", seed=42, name="out"):
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / name)
+    executor.Executor().Do({}, {"examples": [examples]}, {
+        "data_dir": str(data_dir), "layout": movielens.detect_layout(data_dir),
+        "split": split, "seed": seed, "eval_fraction": 0.2, "input_fingerprint": "x"})
+    return examples
+
+
+def _read(examples, split, features=F.RATING_EXAMPLE_FEATURES):
+    files = tf.io.gfile.glob(f"{examples.uri}/Split-{split}/*")
+    spec = F.raw_feature_spec(features)
+    return [tf.io.parse_single_example(r, spec)
+            for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+def test_random_split_is_seeded_joined_and_complete(tmp_path, ml100k_dir, synth_data):
+    examples = _run(ml100k_dir, tmp_path)
+    counts = json.loads(examples.get_string_custom_property("split_counts"))
+    n = len(synth_data.ratings)
+    assert counts["train"] + counts["eval"] == n
+    assert 0.15 < counts["eval"] / n < 0.25
+    assert counts["catalog"] == len(synth_data.movies)
+    assert examples.get_string_custom_property("layout") == "ml-100k"
+    again = _run(ml100k_dir, tmp_path, name="again")
+    assert json.loads(again.get_string_custom_property("split_counts")) == counts
+    other_seed = _run(ml100k_dir, tmp_path, seed=7, name="seed7")
+    eval_a = {(e[F.USER_ID].numpy()[0], e[F.MOVIE_ID].numpy()[0])
+              for e in _read(examples, "eval")}
+    eval_b = {(e[F.USER_ID].numpy()[0], e[F.MOVIE_ID].numpy()[0])
+              for e in _read(other_seed, "eval")}
+    assert eval_a != eval_b
+    # joined: every example carries its movie's title and its user's occupation
+    users = {u.user_id: u for u in synth_data.users}
+    movies = {m.movie_id: m for m in synth_data.movies}
+    for e in _read(examples, "train")[:50]:
+        uid, mid = e[F.USER_ID].numpy()[0].decode(), e[F.MOVIE_ID].numpy()[0].decode()
+        assert e[F.MOVIE_TITLE].numpy()[0].decode() == movies[mid].title
+        assert e[F.USER_OCCUPATION].numpy()[0].decode() == users[uid].occupation
+        assert set(g.decode() for g in e[F.MOVIE_GENRES].values.numpy()) == set(
+            movies[mid].genres)
+
+
+def test_time_split_holds_out_the_newest(tmp_path, ml100k_dir):
+    examples = _run(ml100k_dir, tmp_path, split="time")
+    train = [int(e[F.TIMESTAMP].numpy()[0]) for e in _read(examples, "train")]
+    evals = [int(e[F.TIMESTAMP].numpy()[0]) for e in _read(examples, "eval")]
+    assert max(train) <= min(evals)
+    assert 0.15 < len(evals) / (len(train) + len(evals)) < 0.25
+
+
+def test_fold_split_reads_base_and_test_files(tmp_path, synth_data):
+    data = synth.write_ml100k(tmp_path / "folds", synth_data)
+    lines = (data / "u.data").read_text().splitlines()
+    (data / "u1.base").write_text("\n".join(lines[:2000]) + "\n")
+    (data / "u1.test").write_text("\n".join(lines[2000:]) + "\n")
+    examples = _run(data, tmp_path, split="fold:u1")
+    counts = json.loads(examples.get_string_custom_property("split_counts"))
+    assert (counts["train"], counts["eval"]) == (2000, len(lines) - 2000)
+
+
+def test_ml_latest_layout_has_empty_user_features_and_half_stars(tmp_path):
+    data = synth.generate(users=30, movies=40, ratings=800, seed=3, half_stars=True)
+    directory = synth.write_ml_latest(tmp_path / "latest", data)
+    examples = _run(directory, tmp_path)
+    rows = _read(examples, "train")
+    assert {e[F.USER_OCCUPATION].numpy()[0] for e in rows} == {b""}
+    ratings = np.array([e[F.RATING].numpy()[0] for e in rows])
+    assert set(np.unique(ratings * 2) % 1) == {0.0} and ratings.min() >= 0.5
+    catalog = _read(examples, "catalog", F.MOVIE_FEATURES)
+    assert len(catalog) == 40
+
+
+def test_ratings_of_movies_missing_from_the_catalog_fail_clearly(tmp_path, synth_data):
+    data = synth.write_ml100k(tmp_path / "orphan", synth_data)
+    with open(data / "u.data", "a") as f:
+        f.write("1\t99999\t4\t880000000\n")
+    with pytest.raises(movielens.DataError, match="movie '99999'.*not in u.item"):
+        _run(data, tmp_path)
+
+
+def test_unknown_split_is_refused():
+    with pytest.raises(ValueError, match="fold:NAME"):
+        executor.ratings_sources("sometimes")
