@@ -331,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "e.g. u1.test")
     evaluate.add_argument("--json", action="store_true", help="one JSON object")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    from serving import commands as serving_commands  # serve / recommend / rate
+
+    serving_commands.add_commands(sub)
     return parser
 
 
