@@ -256,6 +256,7 @@ def cmd_evaluate(args) -> int:
 
     from components.movielens_example_gen.executor import rating_examples
     from trainer import evaluation
+    from trainer import features as F
 
     model_dir = resolve_model_dir(args.model)
     examples = (e.SerializeToString() for e in rating_examples(
@@ -269,7 +270,14 @@ def cmd_evaluate(args) -> int:
                 return
             yield tf.constant(chunk)
 
-    metrics = evaluation.evaluate(model, batches())
+    train_rated = None
+    if args.train_ratings_file:
+        train_rated = {}
+        for example in rating_examples(args.data_dir, None, args.train_ratings_file):
+            feature = example.features.feature
+            user = feature[F.USER_ID].bytes_list.value[0]
+            train_rated.setdefault(user, set()).add(feature[F.MOVIE_ID].bytes_list.value[0])
+    metrics = evaluation.evaluate(model, batches(), train_rated=train_rated)
     metrics["model"] = model_dir
     if args.json:
         print(json.dumps(metrics, sort_keys=True))
@@ -329,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--ratings-file",
                           help="a ratings file of that directory (default: the layout's), "
                           "e.g. u1.test")
+    evaluate.add_argument("--train-ratings-file",
+                          help="the ratings the model was trained on (e.g. u1.base): adds the "
+                          "filtered protocol (those movies removed from each user's ranking)")
     evaluate.add_argument("--json", action="store_true", help="one JSON object")
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -344,7 +355,13 @@ def main(argv=None) -> int:
     from pipeline.metadata import MetadataError
 
     try:
-        return args.func(args)
+        rc = args.func(args)
+        # Free TensorFlow's functions while their modules still exist: at interpreter exit
+        # their destructors otherwise print "Exception ignored in AtomicFunction.__del__".
+        import gc
+
+        gc.collect()
+        return rc
     except (UserError, DataError, MetadataError) as e:
         print(f"movierec: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2 if not isinstance(e, UserError) or "full log" not in str(e) else 1

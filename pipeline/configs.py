@@ -28,6 +28,11 @@ class PipelineConfig:
     # blessed model's by more than rmse_tolerance.
     rmse_upper_bound: float = 1.07
     rmse_tolerance: float = 0.01
+    # ... and the retrieval metric must not fall more than retrieval_tolerance under the
+    # latest blessed model's (nor under retrieval_floor).
+    retrieval_metric: str = "top_100_accuracy"
+    retrieval_tolerance: float = 0.01
+    retrieval_floor: float = 0.0
     retrieval_max_examples: int = 200_000
     beam_workers: int = 0  # 0: Beam's default (in-process); N > 1: multi-processing
     beam_pipeline_args: Sequence[str] = ()

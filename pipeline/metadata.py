@@ -110,8 +110,10 @@ def run_metrics(store, context) -> dict:
     if retrieval:
         result.update(read_metrics(retrieval[-1].uri))
     blessings = run_artifacts(store, context, "ModelBlessing")
-    if blessings:
-        result["blessed"] = bool(custom(blessings[-1], "blessed", 0))
+    final = [b for b in blessings if custom(b, "reason") is not None] or blessings
+    if final:
+        result["blessed"] = bool(custom(final[-1], "blessed", 0))
+        result["blessing_reason"] = custom(final[-1], "reason")
     examples = run_artifacts(store, context, "Examples")
     if examples:
         result["examples"] = examples[-1].uri

@@ -12,6 +12,7 @@ from pipeline import configs
 from trainer import features as F
 
 EVAL_SPLIT = "eval"
+RETRIEVAL_EVALUATOR_ID = "RetrievalEvaluator"
 CATALOG_SPLIT = "catalog"
 
 
@@ -79,23 +80,28 @@ def create_pipeline(config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
     latest_blessed = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        # only the final (rating + retrieval) blessings count, not TFMA's alone
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing,
+                                       producer_component_id=RETRIEVAL_EVALUATOR_ID),
     ).with_id("latest_blessed_model_resolver")
     evaluator = tfx.components.Evaluator(
         examples=examples, model=model, baseline_model=latest_blessed.outputs["model"],
         eval_config=eval_config(config), example_splits=[EVAL_SPLIT])
-    # ... and retrieval metrics over the full catalog.
+    # ... then retrieval metrics over the full catalog, against the same baseline; the
+    # final blessing needs both tasks to pass.
     retrieval_evaluator = RetrievalEvaluator(
-        examples=examples, model=model, split=EVAL_SPLIT,
-        max_examples=config.retrieval_max_examples)
+        examples=examples, model=model, baseline_model=latest_blessed.outputs["model"],
+        rating_blessing=evaluator.outputs["blessing"], split=EVAL_SPLIT,
+        max_examples=config.retrieval_max_examples, metric=config.retrieval_metric,
+        tolerance=config.retrieval_tolerance, floor=config.retrieval_floor,
+    ).with_id(RETRIEVAL_EVALUATOR_ID)
 
     # Only a blessed model reaches the serving directory.
     pusher = tfx.components.Pusher(
-        model=model, model_blessing=evaluator.outputs["blessing"],
+        model=model, model_blessing=retrieval_evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=config.serving_dir)))
-    pusher.add_upstream_node(retrieval_evaluator)
 
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,

@@ -1,5 +1,217 @@
 """`movierec serve`, `movierec recommend`, `movierec rate` (wired into pipeline/cli.py)."""
 
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+DEFAULT_MODEL = "output/serving/movierec"
+
 
 def add_commands(sub) -> None:
     """Adds the serving subcommands to the `movierec` argument parser."""
+    serve = sub.add_parser(
+        "serve", help="serve the pushed models over TF Serving's REST API",
+        description="Serves the newest version under MODEL_BASE/MODEL_NAME with TF Serving's "
+        "REST API (/v1/models/NAME, .../metadata, ...:predict) and picks up newly pushed "
+        "versions without a restart.")
+    serve.add_argument("--model-base", default="output/serving",
+                       help="the serving base: versions are MODEL_BASE/MODEL_NAME/<int>/ "
+                       "(default: output/serving)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8501,
+                       help="port (default 8501, TF Serving's REST port; 0: any free one)")
+    serve.add_argument("--model-name", default="movierec")
+    serve.add_argument("--poll-seconds", type=float, default=2.0,
+                       help="how often to look for new versions (default 2)")
+    serve.add_argument("--threads", type=int, default=1,
+                       help="model calls run at once, each in a thread of its own (default "
+                       "1: on a few cores, one call at a time, with the requests that wait "
+                       "for it batched, is fastest)")
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument("--ready-file", help=argparse.SUPPRESS)  # "HOST PORT" once listening
+    serve.set_defaults(func=cmd_serve)
+
+    recommend = sub.add_parser("recommend", help="top movies for a user, from a pushed model")
+    recommend.add_argument("--model", default=DEFAULT_MODEL,
+                           help="a SavedModel version dir, or a serving base (its newest "
+                           f"version); default {DEFAULT_MODEL}")
+    recommend.add_argument("--user", required=True, help="user id")
+    recommend.add_argument("-k", type=int, default=10, help="how many movies (1..100)")
+    recommend.add_argument("--json", action="store_true", help="one JSON object")
+    recommend.set_defaults(func=cmd_recommend)
+
+    rate = sub.add_parser("rate", help="predicted rating of a movie by a user")
+    rate.add_argument("--model", default=DEFAULT_MODEL,
+                      help="a SavedModel version dir, or a serving base (its newest "
+                      f"version); default {DEFAULT_MODEL}")
+    rate.add_argument("--user", required=True, help="user id")
+    rate.add_argument("--movie", required=True,
+                      help="movie id, or title (exact, case-insensitive, else a unique "
+                      "part of one)")
+    rate.add_argument("--json", action="store_true", help="one JSON object")
+    rate.set_defaults(func=cmd_rate)
+
+
+# -------------------------------------------------------------------------------- serve
+def cmd_serve(args) -> int:
+    import os
+
+    from pipeline.cli import UserError
+
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be 0..65535, got {args.port}")
+    if args.poll_seconds <= 0:
+        raise UserError("--poll-seconds must be positive")
+    if args.threads < 1:
+        raise UserError("--threads must be at least 1")
+    if not os.path.isdir(args.model_base):
+        raise UserError(f"--model-base {args.model_base} is not a directory")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s movierec.serve: %(message)s")
+    logging.getLogger("movierec.serve").setLevel(logging.INFO)
+    from serving import server
+
+    return server.serve(args.model_base, host=args.host, port=args.port,
+                        model_name=args.model_name, poll_seconds=args.poll_seconds,
+                        threads=args.threads, access_log=args.access_log,
+                        ready_file=args.ready_file)
+
+
+# ------------------------------------------------------------------- recommend and rate
+def _load(path: str):
+    """(loaded model, its directory) for a version dir or a serving base: the base's newest
+    version that loads (a broken newer one is named on stderr)."""
+    import os
+
+    import tensorflow as tf
+
+    from pipeline.cli import UserError, resolve_model_dir
+
+    nested = os.path.join(path, "movierec")  # a serving base given for its model's base
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")) and os.path.isdir(nested) \
+            and not any(v.isdigit() for v in os.listdir(path)):
+        path = nested
+    newest = resolve_model_dir(path)
+    if newest == path:
+        candidates = [path]
+    else:
+        candidates = [os.path.join(path, str(v)) for v in sorted(
+            (int(v) for v in os.listdir(path) if v.isdigit()
+             and os.path.isdir(os.path.join(path, v))), reverse=True)]
+    failures = []
+    for model_dir in candidates:
+        try:
+            model = tf.saved_model.load(model_dir)
+        except Exception as e:  # noqa: BLE001 - one line for the user
+            failures.append((model_dir, (str(e).strip() or type(e).__name__).splitlines()[0]))
+            continue
+        missing = {"recommend_at", "rate"} - set(model.signatures)
+        if missing:
+            failures.append((model_dir, f"not a movierec model (no signature "
+                                        f"{sorted(missing)[0]})"))
+            continue
+        for bad, why in failures:
+            print(f"movierec: warning: version {os.path.basename(bad)} does not load "
+                  f"({why}); using {model_dir}", file=sys.stderr)
+        return model, model_dir
+    bad, why = failures[0]
+    raise UserError(f"cannot load the model in {bad}: {why}")
+
+
+def _recommendations(model, user: str, k: int):
+    import tensorflow as tf
+
+    out = model.signatures["recommend_at"](
+        user_id=tf.constant([user]), timestamp=tf.constant([0], tf.int64),
+        k=tf.constant([k], tf.int64))
+    ids = [v.decode("utf-8") for v in out["movie_ids"].numpy()[0]]
+    titles = [v.decode("utf-8") for v in out["movie_titles"].numpy()[0]]
+    scores = [float(s) for s in out["scores"].numpy()[0]]
+    return ids, titles, scores, bool(out["known_user"].numpy()[0])
+
+
+def cmd_recommend(args) -> int:
+    from pipeline.cli import UserError
+    from serving.model import MAX_K
+
+    if not 1 <= args.k <= MAX_K:
+        raise UserError(f"-k must be 1..{MAX_K}, got {args.k}")
+    model, model_dir = _load(args.model)
+    ids, titles, scores, known = _recommendations(model, args.user, args.k)
+    if args.json:
+        print(json.dumps({
+            "user_id": args.user, "known_user": known, "model": model_dir,
+            "recommendations": [
+                {"rank": i + 1, "movie_id": m, "title": t, "score": round(s, 6)}
+                for i, (m, t, s) in enumerate(zip(ids, titles, scores))],
+        }, ensure_ascii=False))
+        return 0
+    if known:
+        print(f"top {len(ids)} movies for user {args.user} (model {model_dir}):")
+    else:
+        print(f"user {args.user} is unknown to the model: showing the {len(ids)} most "
+              f"popular movies instead (score = share of training ratings) "
+              f"(model {model_dir}):")
+    id_width = max([len("movie")] + [len(m) for m in ids])
+    print(f"{'rank':>4}  {'movie':>{id_width}}  {'score':>8}  title")
+    for i, (m, t, s) in enumerate(zip(ids, titles, scores)):
+        print(f"{i + 1:>4}  {m:>{id_width}}  {s:>8.4f}  {t}")
+    return 0
+
+
+def resolve_movie(query: str, ids: list[str], titles: list[str]) -> tuple[str, str]:
+    """(movie id, title) for a movie id, or a title: exact (case-insensitive), else the
+    only title containing `query`. Raises UserError when it is none or several."""
+    from pipeline.cli import UserError
+
+    if query in ids:
+        i = ids.index(query)
+        return ids[i], titles[i]
+    wanted = query.strip().casefold()
+    if not wanted:
+        raise UserError("--movie is empty")
+    exact = [i for i, t in enumerate(titles) if t.casefold() == wanted]
+    if len(exact) == 1:
+        return ids[exact[0]], titles[exact[0]]
+    matches = exact or [i for i, t in enumerate(titles) if wanted in t.casefold()]
+    if not matches:
+        raise UserError(f"no movie with id or title {query!r}")
+    if len(matches) > 1:
+        shown = "; ".join(f"{titles[i]} (id {ids[i]})" for i in matches[:5])
+        more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
+        raise UserError(f"{query!r} matches {len(matches)} movies: {shown}{more}; "
+                        f"give a movie id or a longer title")
+    return ids[matches[0]], titles[matches[0]]
+
+
+def cmd_rate(args) -> int:
+    import tensorflow as tf
+
+    from pipeline.cli import UserError
+    from serving.model import movie_catalog
+
+    model, model_dir = _load(args.model)
+    try:
+        ids, titles = movie_catalog(model)
+    except ValueError as e:
+        raise UserError(f"{model_dir}: {e}") from e
+    movie_id, title = resolve_movie(args.movie, ids, titles)
+    out = model.signatures["rate"](user_id=tf.constant([args.user]),
+                                   movie_id=tf.constant([movie_id]))
+    rating = float(out["rating"].numpy()[0])
+    *_, known_user = _recommendations(model, args.user, 1)
+    if args.json:
+        print(json.dumps({"user_id": args.user, "movie_id": movie_id, "title": title,
+                          "rating": round(rating, 4), "known_user": known_user,
+                          "model": model_dir}, ensure_ascii=False))
+        return 0
+    print(f"user {args.user} would rate {title} (movie {movie_id}): {rating:.2f} / 5")
+    if not known_user:
+        print(f"note: user {args.user} is unknown to the model; the prediction uses no "
+              f"knowledge of this user")
+    return 0

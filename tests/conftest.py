@@ -72,3 +72,20 @@ def transform_dir(tmp_path_factory, example_files):
                         | tft_beam.AnalyzeDataset(preprocessing.preprocessing_fn))
         _ = transform_fn | tft_beam.WriteTransformFn(str(out / "graph"))
     return str(out / "graph")
+
+
+SMALL_HPARAMS = dict(epochs=3, batch_size=128, embedding_dim=16, side_embedding_dim=4)
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory, example_files, transform_dir):
+    """(SavedModel dir, training summary) of a small model trained without TFX, shared by
+    the model and serving tests."""
+    from trainer.model import HParams
+    from trainer.run import train_and_export
+
+    out = tmp_path_factory.mktemp("trained")
+    summary = train_and_export([example_files["train"]], [example_files["catalog"]],
+                               transform_dir, str(out / "model"), HParams(**SMALL_HPARAMS),
+                               log_dir=str(out / "logs"))
+    return out / "model", summary

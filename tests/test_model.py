@@ -9,7 +9,7 @@ from trainer import export
 from trainer import features as F
 from trainer.model import HParams, MovieRecModel, Vocab
 
-SMALL = dict(epochs=3, batch_size=128, embedding_dim=16, side_embedding_dim=4)
+from conftest import SMALL_HPARAMS as SMALL  # noqa: E402
 
 
 def _vocab():
@@ -26,6 +26,7 @@ def _batch(n=64, seed=0):
     batch[F.YEAR_BUCKET_XF] = rng.integers(0, 21, size=n)
     batch[F.AGE_BUCKET_XF] = rng.integers(0, 8, size=n)
     batch[F.TIMESTAMP_Z_XF] = rng.normal(size=n).astype(np.float32)
+    batch[F.TIMESTAMP_S_XF] = rng.uniform(0, 86400 * 30, size=n).astype(np.float32)
     batch[F.TITLE_TOKENS_XF] = rng.integers(0, 19, size=(n, F.TITLE_TOKENS_LEN))
     batch[F.GENRES_XF] = rng.integers(0, 19, size=(n, F.GENRES_LEN))
     batch[F.RATING_XF] = rng.integers(1, 6, size=n).astype(np.float32)
@@ -64,14 +65,9 @@ def test_hparams_from_dict_validates():
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, example_files, transform_dir):
-    from trainer.run import train_and_export
-
-    out = tmp_path_factory.mktemp("export")
-    summary = train_and_export([example_files["train"]], [example_files["catalog"]],
-                               transform_dir, str(out / "model"), HParams(**SMALL),
-                               log_dir=str(out / "logs"))
-    return tf.saved_model.load(str(out / "model")), summary
+def exported(trained_model):
+    path, summary = trained_model
+    return tf.saved_model.load(str(path)), summary
 
 
 def test_training_summary(exported, synth_data):
@@ -144,3 +140,62 @@ def test_catalog_examples_round_trip():
         F.raw_feature_spec(F.MOVIE_FEATURES))
     assert parsed[F.MOVIE_ID].numpy()[0] == b"7"
     assert list(tf.sparse.to_dense(parsed[F.MOVIE_GENRES]).numpy()) == [b"Drama", b"War"]
+
+
+def test_user_history_keeps_the_most_recent_movies_per_user():
+    from trainer.model import user_history
+
+    users = np.array([0, 0, 0, 2, 2])
+    movies = np.array([5, 6, 7, 1, 3])
+    times = np.array([1.0, 3.0, 2.0, 0.0, 1.0])
+    ratings = np.array([5.0, 4.0, 3.0, 2.0, 1.0])  # mean 3
+    table, when, centred = user_history(users, movies, times, ratings, num_users=4, length=2)
+    assert table.tolist() == [[7, 8], [0, 0], [4, 2], [0, 0]]  # movie + 1, newest first
+    assert when.tolist() == [[3.0, 2.0], [0, 0], [1.0, 0.0], [0, 0]]
+    assert centred.tolist() == [[1.0, 0.0], [0, 0], [-2.0, -1.0], [0, 0]]
+
+
+def test_a_training_example_never_sees_its_own_movie_in_the_history():
+    from trainer.model import query_tower, user_history
+
+    hp = HParams(history_len=4, **SMALL)
+    vocab = _vocab()
+    history = user_history(np.array([3, 3]), np.array([5, 9]), np.array([1.0, 2.0]),
+                           np.array([1.0, 5.0]), vocab.sizes[F.USER_ID_XF], hp.history_len)
+    tower = query_tower(vocab, hp, history=history)
+    batch = _batch(n=1)
+    batch[F.USER_ID_XF] = tf.constant([3])
+    with_target = dict(batch, **{F.MOVIE_ID_XF: tf.constant([9])})
+    other_target = dict(batch, **{F.MOVIE_ID_XF: tf.constant([11])})
+    without_movie = {k: v for k, v in batch.items() if k != F.MOVIE_ID_XF}
+    # the user's history is {5, 9}: asking about 9 hides 9, asking about 11 hides nothing
+    assert not np.allclose(tower(with_target), tower(other_target))
+    np.testing.assert_allclose(tower(other_target), tower(without_movie), rtol=1e-6)
+
+
+def test_retrieval_metrics_agree_with_what_recommend_serves(exported, example_files):
+    from trainer import evaluation
+
+    model, _ = exported
+    batches = list(evaluation.serialized_batches(example_files["eval"], batch_size=256))
+    train_rated = evaluation.rated_movies(
+        evaluation.serialized_batches(example_files["train"]))
+    metrics = evaluation.evaluate(model, batches, train_rated=train_rated)
+    # the seeds' top-K accuracy, recomputed from `recommend_at`'s own top 10
+    spec = F.raw_feature_spec((F.QUERY_FEATURES[0], F.QUERY_FEATURES[1], F.MOVIE_FEATURES[0]))
+    hits = total = 0
+    for batch in batches:
+        parsed = {k: v.numpy().reshape(-1) for k, v in tf.io.parse_example(batch, spec).items()}
+        top = model.signatures["recommend_at"](
+            user_id=tf.constant(parsed[F.USER_ID]),
+            timestamp=tf.constant(parsed[F.TIMESTAMP]),
+            k=tf.fill([len(parsed[F.USER_ID])], tf.constant(10, tf.int64)))["movie_ids"]
+        hits += int((top.numpy() == parsed[F.MOVIE_ID][:, None]).any(axis=1).sum())
+        total += len(parsed[F.USER_ID])
+    assert metrics["top_10_accuracy"] == pytest.approx(hits / total, abs=2 / total)
+    assert metrics["retrieval_examples"] == total
+    for k in (1, 5, 10, 50, 100):  # removing movies that cannot be right only helps
+        assert metrics[f"filtered_top_{k}_accuracy"] >= metrics[f"top_{k}_accuracy"]
+    for name in ("recall_at_10", "ndcg_at_10", "mrr", "filtered_recall_at_100"):
+        assert 0.0 < metrics[name] <= 1.0
+    assert 0.0 < metrics["rmse"] < 2.0

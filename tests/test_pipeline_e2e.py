@@ -147,3 +147,22 @@ def test_evaluate_the_pushed_model_from_outside(first_run, ml100k_dir, tmp_path,
     for k in (1, 5, 10, 50, 100):
         assert outside[f"top_{k}_accuracy"] == pytest.approx(
             recorded[f"top_{k}_accuracy"], abs=1e-6)
+
+
+def test_a_worse_model_is_not_blessed_and_not_pushed(first_run, ml100k_dir, capsys):
+    """A model trained for a fraction of an epoch after a good one was pushed: the run
+    succeeds, upstream components come from the cache, nothing is pushed."""
+    _, out = first_run
+    before, versions = _snapshot(out), _versions(out)
+    capsys.readouterr()
+    rc = cli.main(["run", "--data-dir", str(ml100k_dir), "--output-dir", str(out), *FAST,
+                   "--hparam", "max_steps=1"])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert "MovieLensExampleGen" in printed and "cached" in printed
+    assert "not pushed" in printed
+    assert _versions(out) == versions and _snapshot(out) == before
+    assert cli.main(["inspect", "metrics", "--output-dir", str(out), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["blessed"] is False and metrics["pushed_model"] is None
+    assert metrics["blessing_reason"].startswith(("rating:", "retrieval:"))

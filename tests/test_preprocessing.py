@@ -24,7 +24,7 @@ def transformed(tft_output, example_files):
 
 def test_outputs_cover_every_transformed_feature(transformed):
     _, xf = transformed
-    assert set(xf) == set(F.QUERY_XF) | set(F.CANDIDATE_XF) | {F.RATING_XF}
+    assert set(xf) == set(F.QUERY_XF) | set(F.CANDIDATE_XF) | set(F.CONTEXT_XF) | {F.RATING_XF}
     n = len(xf[F.RATING_XF])
     assert xf[F.GENRES_XF].shape == (n, F.GENRES_LEN)
     assert xf[F.TITLE_TOKENS_XF].shape == (n, F.TITLE_TOKENS_LEN)
@@ -49,6 +49,9 @@ def test_labels_and_timestamps(transformed):
     assert xf[F.TIMESTAMP_BUCKET_XF].min() >= 0
     assert xf[F.TIMESTAMP_BUCKET_XF].max() < F.DEFAULT_TIMESTAMP_BUCKETS
     # age buckets follow MovieLens' groups; synthetic users are 15-69
+    seconds = raw[F.TIMESTAMP].numpy().reshape(-1)
+    np.testing.assert_allclose(xf[F.TIMESTAMP_S_XF] - xf[F.TIMESTAMP_S_XF].min(),
+                               seconds - seconds.min(), atol=64)
     assert set(np.unique(xf[F.AGE_BUCKET_XF])) <= set(range(1, len(F.AGE_BOUNDARIES) + 1))
 
 
@@ -69,7 +72,8 @@ def test_serving_inputs_unknown_values_and_the_future(tft_output):
         F.USER_ID: tf.constant(["no-such-user"]),
         F.TIMESTAMP: tf.constant([4_000_000_000], tf.int64),
     }))
-    assert set(out) == {F.USER_ID_XF, F.TIMESTAMP_BUCKET_XF, F.TIMESTAMP_Z_XF}
+    assert set(out) == {F.USER_ID_XF, F.TIMESTAMP_BUCKET_XF, F.TIMESTAMP_Z_XF,
+                        F.TIMESTAMP_S_XF}
     assert out[F.USER_ID_XF].numpy()[0] == users  # the out-of-vocabulary bucket
     # clamped to the newest training time: finite, in the last buckets
     assert np.isfinite(out[F.TIMESTAMP_Z_XF].numpy()[0])

@@ -1,15 +1,25 @@
 """Metrics of an exported model, computed through its serving signatures on raw examples.
 
-- top_K_accuracy is TFRS's FactorizedTopK metric (the seeds' number): the share of held-out
-  ratings whose movie is among the model's top K of the *full catalog* for that user at that
-  time (through `recommend_at`);
-- rmse / mae of the predicted rating (through `serving_default`).
+Rating (through `serving_default`): rmse, mae.
 
+Retrieval, over the *full catalog*, from the `score_catalog` signature (the same towers and
+candidate embeddings `recommend` ranks with):
+- per held-out rating (u, m, t), the rank r of m among all movies for u at time t:
+  top_K_accuracy = share with r < K (TFRS's FactorizedTopK metric, the seeds' number),
+  mrr = mean of 1 / (r + 1);
+- per user u with held-out movies E(u), ranking once at u's latest held-out time:
+  recall_at_K = |topK(u) ∩ E(u)| / |E(u)|, ndcg_at_K = DCG@K / ideal DCG@K with binary
+  relevance, both averaged over users;
+- every retrieval metric also in the "filtered" protocol (prefix `filtered_`): movies the
+  user rated in training are removed from the ranking before it is cut (given the training
+  ratings).
 They are measured on the exported SavedModel, i.e. exactly what is served, by the pipeline's
 RetrievalEvaluator and by `movierec evaluate` on ratings from outside the pipeline.
 """
 
 from __future__ import annotations
+
+import collections
 
 import numpy as np
 import tensorflow as tf
@@ -17,21 +27,13 @@ import tensorflow as tf
 from trainer import features as F
 
 TOP_KS = (1, 5, 10, 50, 100)
-_QUERY_SPEC = F.raw_feature_spec((F.QUERY_FEATURES[0], F.QUERY_FEATURES[1],
-                                  F.MOVIE_FEATURES[0], F.LABEL_FEATURE))
+USER_KS = (10, 100)
+_SPEC = F.raw_feature_spec((F.QUERY_FEATURES[0], F.QUERY_FEATURES[1],
+                            F.MOVIE_FEATURES[0], F.LABEL_FEATURE))
 
 
 def load_serving_model(path: str):
     return tf.saved_model.load(path)
-
-
-def hit_ranks(model, user_ids, timestamps, movie_ids, k: int = max(TOP_KS)) -> np.ndarray:
-    """0-based rank of each true movie in the model's top k, or k when it is not there."""
-    out = model.signatures["recommend_at"](
-        user_id=tf.constant(user_ids), timestamp=tf.constant(timestamps, tf.int64),
-        k=tf.fill([len(user_ids)], tf.constant(k, tf.int64)))
-    hits = out["movie_ids"].numpy() == np.asarray(movie_ids, dtype=object)[:, None]
-    return np.where(hits.any(axis=1), hits.argmax(axis=1), k)
 
 
 def serialized_batches(files, batch_size: int = 2048, max_examples: int = 0, seed: int = 0):
@@ -53,27 +55,125 @@ def serialized_batches(files, batch_size: int = 2048, max_examples: int = 0, see
     return ds.batch(batch_size)
 
 
-def evaluate(model, batches, rating: bool = True, retrieval: bool = True) -> dict:
-    """Metrics of `model` over batches of serialized rating examples."""
-    ranks, errors = [], []
+def rated_movies(batches) -> dict:
+    """user id -> set of movie ids, from batches of serialized rating examples."""
+    rated = collections.defaultdict(set)
     for batch in batches:
-        parsed = tf.io.parse_example(batch, _QUERY_SPEC)
+        parsed = tf.io.parse_example(batch, _SPEC)
+        for u, m in zip(parsed[F.USER_ID].numpy().reshape(-1),
+                        parsed[F.MOVIE_ID].numpy().reshape(-1)):
+            rated[u].add(m)
+    return rated
+
+
+class _Ranker:
+    """Full-catalog scores for queries, optionally without the user's training movies."""
+
+    def __init__(self, model, train_rated: dict | None):
+        self._score = model.signatures["score_catalog"]
+        ids = model.movie_ids.numpy()
+        self._column = {m: i for i, m in enumerate(ids)}
+        self._train = {u: np.array([self._column[m] for m in ms if m in self._column])
+                       for u, ms in (train_rated or {}).items()}
+        self.filtered = train_rated is not None
+
+    def scores(self, users, timestamps):
+        return self._score(user_id=tf.constant(users),
+                           timestamp=tf.constant(timestamps, tf.int64))["scores"].numpy()
+
+    def columns(self, movies):
+        return np.array([self._column.get(m, -1) for m in movies])
+
+    def remove_train(self, scores, users, keep_columns=None):
+        scores = scores.copy()
+        for i, u in enumerate(users):
+            seen = self._train.get(u)
+            if seen is not None and len(seen):
+                keep = scores[i, keep_columns[i]] if keep_columns is not None else None
+                scores[i, seen] = -np.inf
+                if keep_columns is not None and keep_columns[i] >= 0:
+                    scores[i, keep_columns[i]] = keep  # never hide the answer itself
+        return scores
+
+
+def _ranks(scores, columns):
+    truth = scores[np.arange(len(columns)), np.maximum(columns, 0)]
+    ranks = (scores > truth[:, None]).sum(axis=1)
+    return np.where(columns >= 0, ranks, scores.shape[1])  # unknown movie: never found
+
+
+def _rating_metrics(errors) -> dict:
+    errors = np.concatenate(errors) if errors else np.zeros([0])
+    if not len(errors):
+        return {"rating_examples": 0}
+    return {"rmse": float(np.sqrt(np.mean(errors ** 2))),
+            "mae": float(np.mean(np.abs(errors))), "rating_examples": int(len(errors))}
+
+
+def _per_rating_metrics(ranks, prefix) -> dict:
+    ranks = np.concatenate(ranks)
+    out = {f"{prefix}top_{k}_accuracy": float(np.mean(ranks < k)) for k in TOP_KS}
+    out[f"{prefix}mrr"] = float(np.mean(1.0 / (ranks + 1)))
+    return out
+
+
+def _per_user_metrics(ranker, held_out: dict, prefix: str, filtered: bool) -> dict:
+    users = sorted(held_out)
+    recall = {k: [] for k in USER_KS}
+    ndcg = {k: [] for k in USER_KS}
+    discounts = 1.0 / np.log2(np.arange(2, max(USER_KS) + 2))
+    for start in range(0, len(users), 256):
+        chunk = users[start:start + 256]
+        stamps = [max(t for _, t in held_out[u]) for u in chunk]
+        scores = ranker.scores(np.array(chunk, dtype=object), np.array(stamps))
+        if filtered:
+            scores = ranker.remove_train(scores, chunk)
+        top = np.argsort(-scores, axis=1)[:, :max(USER_KS)]
+        for row, u in zip(top, chunk):
+            relevant = set(ranker.columns([m for m, _ in held_out[u]])) - {-1}
+            if not relevant:
+                continue
+            hits = np.array([c in relevant for c in row], dtype=float)
+            for k in USER_KS:
+                recall[k].append(hits[:k].sum() / len(relevant))
+                ideal = discounts[:min(len(relevant), k)].sum()
+                found = hits[:k]  # a catalog may hold fewer than k movies
+                ndcg[k].append((found * discounts[:len(found)]).sum() / ideal)
+    out = {}
+    for k in USER_KS:
+        out[f"{prefix}recall_at_{k}"] = float(np.mean(recall[k])) if recall[k] else 0.0
+        out[f"{prefix}ndcg_at_{k}"] = float(np.mean(ndcg[k])) if ndcg[k] else 0.0
+    return out
+
+
+def evaluate(model, batches, rating: bool = True, retrieval: bool = True,
+             train_rated: dict | None = None) -> dict:
+    """Metrics of `model` over batches of serialized held-out rating examples.
+    train_rated (user -> movies rated in training) adds the filtered protocol."""
+    ranker = _Ranker(model, train_rated) if retrieval else None
+    ranks, filtered_ranks, errors = [], [], []
+    held_out = collections.defaultdict(list)
+    for batch in batches:
+        parsed = tf.io.parse_example(batch, _SPEC)
         cols = {k: v.numpy().reshape(-1) for k, v in parsed.items()}
         if retrieval:
-            ranks.append(hit_ranks(model, cols[F.USER_ID], cols[F.TIMESTAMP],
-                                   cols[F.MOVIE_ID]))
+            scores = ranker.scores(cols[F.USER_ID], cols[F.TIMESTAMP])
+            columns = ranker.columns(cols[F.MOVIE_ID])
+            ranks.append(_ranks(scores, columns))
+            if ranker.filtered:
+                filtered_ranks.append(_ranks(
+                    ranker.remove_train(scores, cols[F.USER_ID], columns), columns))
+            for u, m, t in zip(cols[F.USER_ID], cols[F.MOVIE_ID], cols[F.TIMESTAMP]):
+                held_out[u].append((m, t))
         if rating:
             predicted = model.signatures["serving_default"](examples=batch)["rating"]
             errors.append(predicted.numpy() - cols[F.RATING])
-    metrics = {}
-    if retrieval:
-        ranks = np.concatenate(ranks) if ranks else np.zeros([0])
-        for k in TOP_KS:
-            metrics[f"top_{k}_accuracy"] = float(np.mean(ranks < k)) if len(ranks) else 0.0
-        metrics["retrieval_examples"] = int(len(ranks))
-    if rating:
-        errors = np.concatenate(errors) if errors else np.zeros([0])
-        metrics["rmse"] = float(np.sqrt(np.mean(errors ** 2))) if len(errors) else 0.0
-        metrics["mae"] = float(np.mean(np.abs(errors))) if len(errors) else 0.0
-        metrics["rating_examples"] = int(len(errors))
+    metrics = _rating_metrics(errors) if rating else {}
+    if retrieval and ranks:
+        metrics.update(_per_rating_metrics(ranks, ""))
+        metrics.update(_per_user_metrics(ranker, held_out, "", filtered=False))
+        if ranker.filtered:
+            metrics.update(_per_rating_metrics(filtered_ranks, "filtered_"))
+            metrics.update(_per_user_metrics(ranker, held_out, "filtered_", filtered=True))
+        metrics["retrieval_examples"] = int(sum(len(r) for r in ranks))
     return metrics

@@ -8,6 +8,8 @@ Signatures (all take *raw* values; Transform runs inside):
                    k int64 [batch] (<= 0 means 10; the batch's largest k is used, at most MAX_K)
                    -> movie_ids, movie_titles, scores [batch, k], known_user [batch]
   rate             user_id [batch], movie_id [batch]              -> rating [batch]
+  score_catalog    user_id [batch], timestamp [batch]  -> scores [batch, catalog] (evaluation;
+                   columns in the order of the module's `movie_ids`)
 
 Users that were not in the training data get the most popular movies (scores are their
 training popularity share) and known_user=False; the signature never fails on them.
@@ -47,14 +49,17 @@ class MovieRecExport(tf.Module):
 
         # --- the catalog ---
         n = len(catalog[F.MOVIE_ID])
-        self._movie_ids = tf.constant(np.asarray(catalog[F.MOVIE_ID], dtype=object))
-        self._movie_titles = tf.constant(np.asarray(catalog[F.MOVIE_TITLE], dtype=object))
+        # Variables, so that a loaded model has them as attributes (movie_ids, movie_titles).
+        ids = np.asarray(catalog[F.MOVIE_ID], dtype=object)
+        self.movie_ids = tf.Variable(ids, trainable=False, name="movie_ids")
+        self.movie_titles = tf.Variable(np.asarray(catalog[F.MOVIE_TITLE], dtype=object),
+                                        trainable=False, name="movie_titles")
         width = max((len(g) for g in catalog[F.MOVIE_GENRES]), default=1)
         self._movie_genres = tf.constant(_string_matrix(catalog[F.MOVIE_GENRES], width))
         self._movie_years = tf.constant(np.asarray(catalog[F.MOVIE_YEAR], dtype=np.int64))
         self._movie_row = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
-                self._movie_ids, tf.range(n, dtype=tf.int64)), default_value=-1)
+                tf.constant(ids), tf.range(n, dtype=tf.int64)), default_value=-1)
         movie_xf = self._transform(self._raw_movies(tf.range(n, dtype=tf.int64)))
         embeddings = self.candidate_tower(movie_xf, training=False)
         self._top = min(MAX_K, n)  # tiny catalogs have fewer than MAX_K movies
@@ -85,8 +90,8 @@ class MovieRecExport(tf.Module):
     def _raw_movies(self, rows):
         genres = tf.gather(self._movie_genres, rows)
         return {
-            F.MOVIE_ID: tf.gather(self._movie_ids, rows),
-            F.MOVIE_TITLE: tf.gather(self._movie_titles, rows),
+            F.MOVIE_ID: tf.gather(self.movie_ids, rows),
+            F.MOVIE_TITLE: tf.gather(self.movie_titles, rows),
             F.MOVIE_GENRES: tf.sparse.from_dense(genres),  # drops the "" padding
             F.MOVIE_YEAR: tf.gather(self._movie_years, rows),
         }
@@ -121,8 +126,8 @@ class MovieRecExport(tf.Module):
         rows = tf.where(known[:, None], rows, popular_rows)[:, :k]
         scores = tf.where(known[:, None], scores, popular_scores)[:, :k]
         return {
-            "movie_ids": tf.gather(self._movie_ids, rows),
-            "movie_titles": tf.gather(self._movie_titles, rows),
+            "movie_ids": tf.gather(self.movie_ids, rows),
+            "movie_titles": tf.gather(self.movie_titles, rows),
             "scores": scores,
             "known_user": known,
         }
@@ -141,6 +146,16 @@ class MovieRecExport(tf.Module):
         k = tf.where(k > 0, k, DEFAULT_K)  # k <= 0 means the default
         largest = tf.cast(tf.reduce_max(tf.concat([k, [1]], 0)), tf.int32)
         return self._recommend(user_id, timestamp, largest)
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None], tf.string, name="user_id"),
+        tf.TensorSpec([None], tf.int64, name="timestamp"),
+    ])
+    def score_catalog(self, user_id, timestamp):
+        """Scores of every catalog movie (for evaluation): [batch, catalog]."""
+        query, known = self._query_embedding(user_id, self._now_if_unset(timestamp))
+        return {"scores": tf.matmul(query, self.index._candidates, transpose_b=True),
+                "known_user": known}
 
     def _rate(self, raw):
         xf = self._transform(raw)
@@ -174,5 +189,6 @@ def save(module: MovieRecExport, path: str):
         "recommend": module.recommend.get_concrete_function(),
         "recommend_at": module.recommend_at.get_concrete_function(),
         "rate": module.rate.get_concrete_function(),
+        "score_catalog": module.score_catalog.get_concrete_function(),
     }
     tf.saved_model.save(module, path, signatures=signatures)

@@ -89,6 +89,7 @@ GENRES_XF = "genres_xf"  # [GENRES_LEN] int64, 0 = padding
 YEAR_BUCKET_XF = "year_bucket_xf"
 TIMESTAMP_BUCKET_XF = "timestamp_bucket_xf"
 TIMESTAMP_Z_XF = "timestamp_z_xf"  # float, z-score clipped to the training range
+TIMESTAMP_S_XF = "timestamp_s_xf"  # float, seconds since the first training rating (clipped)
 AGE_BUCKET_XF = "age_bucket_xf"
 GENDER_XF = "gender_xf"
 OCCUPATION_XF = "occupation_xf"
@@ -123,3 +124,5 @@ QUERY_XF = (
     AGE_BUCKET_XF, GENDER_XF, OCCUPATION_XF, ZIP_PREFIX_XF,
 )
 CANDIDATE_XF = (MOVIE_ID_XF, TITLE_TOKENS_XF, GENRES_XF, YEAR_BUCKET_XF)
+# Read by the query towers' session pooling, not embedded.
+CONTEXT_XF = (TIMESTAMP_S_XF,)

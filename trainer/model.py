@@ -10,6 +10,7 @@ import dataclasses
 import json
 from typing import Mapping, Sequence
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
@@ -29,7 +30,17 @@ class HParams:
     # "separate": the rating head has towers of its own plus user/movie biases, so the
     # retrieval loss (summed over the batch by TFRS) cannot drown the rating loss.
     rating_tower: str = "separate"
-    dropout: float = 0.0
+    dropout: float = 0.3
+    # Add the dot product of the rating towers' embeddings (biased MF) to the MLP's output.
+    rating_dot: bool = False
+    # Weight of the squared norms of the rating path's embeddings and biases of each batch.
+    rating_l2: float = 0.0
+    # Independent rating heads averaged (an ensemble inside the model; "separate" only).
+    rating_heads: int = 1
+    # Query features the separate rating tower leaves out.
+    rating_drop_features: Sequence[str] = ()
+    # Average the weights of the last N epochs (stochastic weight averaging; 0: off).
+    average_epochs: int = 0
     retrieval_weight: float = 1.0
     rating_weight: float = 1.0
     # Correct in-batch negatives for their sampling probability (logQ), so the model does
@@ -40,8 +51,19 @@ class HParams:
     l2: float = 0.0
     optimizer: str = "adam"
     learning_rate: float = 0.005
-    epochs: int = 3
+    lr_schedule: str = "cosine"  # decay to 5% over the training steps, or "constant"
+    epochs: int = 6
+    # Stop after this many batches (0: full epochs). For smoke tests and the worse-model
+    # check of the blessing; never a sensible production setting.
+    max_steps: int = 0
     batch_size: int = 2048
+    # Movies of the user's training history the query towers read (0: none).
+    history_len: int = 200
+    # Also pool the history movies rated close in time to the query (the same session),
+    # weighted by exp(-|time gap| / session_tau), in seconds (0: off).
+    session_tau: float = 1800.0
+    # Also pool the history weighted by the user's (centred) ratings: likes and dislikes.
+    history_ratings: bool = True
     timestamp_buckets: int = F.DEFAULT_TIMESTAMP_BUCKETS
     # Share of the training split held out to watch (never the eval split).
     validation_fraction: float = 0.0
@@ -54,6 +76,9 @@ class HParams:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown hyperparameters: {', '.join(unknown)}")
+        if isinstance(values.get("rating_drop_features"), str):
+            values["rating_drop_features"] = tuple(
+                v.strip() for v in values["rating_drop_features"].split(",") if v.strip())
         for name in ("query_layers", "candidate_layers", "rating_layers"):
             if name in values and isinstance(values[name], str):
                 values[name] = tuple(int(v) for v in values[name].split(",") if v.strip())
@@ -68,14 +93,21 @@ class HParams:
         return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in d.items()},
                           sort_keys=True)
 
-    def make_optimizer(self):
+    def make_optimizer(self, steps_per_epoch: int = 1):
+        rate = self.learning_rate
+        if self.lr_schedule == "cosine":
+            rate = tf.keras.optimizers.schedules.CosineDecay(
+                self.learning_rate, decay_steps=max(1, self.epochs * steps_per_epoch),
+                alpha=0.05)
+        elif self.lr_schedule != "constant":
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r} (constant, cosine)")
         name = self.optimizer.lower()
         if name == "adagrad":
-            return tf.keras.optimizers.Adagrad(self.learning_rate)
+            return tf.keras.optimizers.Adagrad(rate)
         if name == "adam":
-            return tf.keras.optimizers.Adam(self.learning_rate)
+            return tf.keras.optimizers.Adam(rate)
         if name == "sgd":
-            return tf.keras.optimizers.SGD(self.learning_rate)
+            return tf.keras.optimizers.SGD(rate)
         raise ValueError(f"unknown optimizer {self.optimizer!r} (adam, adagrad, sgd)")
 
 
@@ -113,10 +145,23 @@ def _mlp(layers: Sequence[int], out_dim: int | None, hp: HParams, name: str):
     return tf.keras.Sequential(stack, name=name)
 
 
-class _Tower(tf.keras.layers.Layer):
-    """Embeds a fixed set of transformed features, concatenates, and projects."""
+def _masked_mean(embeddings, ids, keep):
+    """Mean of embeddings[ids] over the positions where `keep` holds (0 when none do)."""
+    mask = tf.cast(keep, tf.float32)[..., None]
+    return (tf.reduce_sum(embeddings(ids) * mask, axis=1)
+            / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0))
 
-    def __init__(self, keys, vocab: Vocab, hp: HParams, layers, main_keys, name):
+
+class _Tower(tf.keras.layers.Layer):
+    """Embeds a fixed set of transformed features, concatenates, and projects.
+
+    With `history` (a [users, history_len] table of movie_id_xf + 1 per user, 0 = none),
+    the tower also embeds the movies the user rated in training (SVD++'s implicit
+    feedback). When the input names a movie (a training or rating example) that movie is
+    left out of its own user's history, so the model never sees the answer."""
+
+    def __init__(self, keys, vocab: Vocab, hp: HParams, layers, main_keys, name,
+                 history=None):
         super().__init__(name=name)
         self._keys = tuple(keys)
         self._embeddings = {}
@@ -127,6 +172,28 @@ class _Tower(tf.keras.layers.Layer):
             self._embeddings[key] = tf.keras.layers.Embedding(
                 vocab.sizes[key], dim, mask_zero=key in F.PADDED,
                 embeddings_regularizer=_regularizer(hp), name=f"{key}_embedding")
+        self._history = None
+        self._tau = hp.session_tau
+        if history is not None:
+            movies, times, ratings = history
+            self._history = tf.Variable(movies, trainable=False, dtype=tf.int32,
+                                        name="user_history")
+            self._history_rating = tf.Variable(ratings, trainable=False, dtype=tf.float32,
+                                               name="user_history_rating")
+            self._explicit = hp.history_ratings
+            if self._explicit:
+                self._rated_embedding = tf.keras.layers.Embedding(
+                    vocab.sizes[F.MOVIE_ID_XF] + 1, hp.embedding_dim,
+                    embeddings_regularizer=_regularizer(hp), name="rated_embedding")
+            self._history_time = tf.Variable(times, trainable=False, dtype=tf.float32,
+                                             name="user_history_time")
+            self._history_embedding = tf.keras.layers.Embedding(
+                vocab.sizes[F.MOVIE_ID_XF] + 1, hp.embedding_dim,
+                embeddings_regularizer=_regularizer(hp), name="history_embedding")
+            if self._tau:
+                self._session_embedding = tf.keras.layers.Embedding(
+                    vocab.sizes[F.MOVIE_ID_XF] + 1, hp.embedding_dim,
+                    embeddings_regularizer=_regularizer(hp), name="session_embedding")
         self._project = _mlp(layers, hp.embedding_dim, hp, name=f"{name}_mlp")
 
     def call(self, inputs, training=False):
@@ -136,18 +203,38 @@ class _Tower(tf.keras.layers.Layer):
             if key == F.TIMESTAMP_Z_XF:
                 parts.append(tf.reshape(tf.cast(x, tf.float32), [-1, 1]))
             elif key in F.PADDED:
-                emb = self._embeddings[key](x)
-                mask = tf.cast(tf.not_equal(x, 0), tf.float32)[..., None]
-                parts.append(tf.reduce_sum(emb * mask, axis=1)
-                             / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0))
+                parts.append(_masked_mean(self._embeddings[key], x, tf.not_equal(x, 0)))
             else:
                 parts.append(self._embeddings[key](tf.reshape(x, [-1])))
+        if self._history is not None:
+            users = tf.reshape(inputs[F.USER_ID_XF], [-1])
+            history = tf.gather(self._history, users)
+            keep = tf.not_equal(history, 0)
+            if F.MOVIE_ID_XF in inputs:
+                target = tf.cast(tf.reshape(inputs[F.MOVIE_ID_XF], [-1, 1]), tf.int32) + 1
+                keep &= tf.not_equal(history, target)
+            parts.append(_masked_mean(self._history_embedding, history, keep))
+            if self._explicit:
+                # what the user thought of them: embeddings weighted by centred ratings
+                centred = tf.gather(self._history_rating, users) * tf.cast(keep, tf.float32)
+                count = tf.reduce_sum(tf.cast(keep, tf.float32), axis=1, keepdims=True)
+                parts.append(tf.reduce_sum(self._rated_embedding(history) * centred[..., None],
+                                           axis=1) / tf.sqrt(tf.maximum(count, 1.0)))
+            if self._tau and F.TIMESTAMP_S_XF in inputs:
+                # the movies rated close in time to the query (same session)
+                now = tf.reshape(tf.cast(inputs[F.TIMESTAMP_S_XF], tf.float32), [-1, 1])
+                gap = tf.abs(tf.gather(self._history_time, users) - now)
+                weight = tf.exp(-gap / self._tau) * tf.cast(keep, tf.float32)
+                emb = self._session_embedding(history)
+                parts.append(tf.reduce_sum(emb * weight[..., None], axis=1)
+                             / (tf.reduce_sum(weight, axis=1, keepdims=True) + 1e-3))
         return self._project(tf.concat(parts, axis=1), training=training)
 
 
-def query_tower(vocab: Vocab, hp: HParams, name="query_tower"):
-    return _Tower(F.QUERY_XF, vocab, hp, hp.query_layers,
-                  main_keys=(F.USER_ID_XF, F.TIMESTAMP_BUCKET_XF), name=name)
+def query_tower(vocab: Vocab, hp: HParams, name="query_tower", history=None, keys=F.QUERY_XF):
+    return _Tower(keys, vocab, hp, hp.query_layers,
+                  main_keys=(F.USER_ID_XF, F.TIMESTAMP_BUCKET_XF), name=name,
+                  history=history if hp.history_len else None)
 
 
 def candidate_tower(vocab: Vocab, hp: HParams, name="candidate_tower"):
@@ -155,21 +242,47 @@ def candidate_tower(vocab: Vocab, hp: HParams, name="candidate_tower"):
                   main_keys=(F.MOVIE_ID_XF, F.TITLE_TOKENS_XF, F.GENRES_XF), name=name)
 
 
-class RatingModel(tf.keras.layers.Layer):
+def user_history(users, movies, times, ratings, num_users: int, length: int):
+    """Three [num_users, length] tables, newest first: each user's `length` most recent
+    movies (movie_id_xf + 1, 0-padded), their times (timestamp_s) and their ratings minus
+    the mean rating."""
+    table = np.zeros((num_users, max(length, 1)), dtype=np.int32)
+    when = np.zeros((num_users, max(length, 1)), dtype=np.float32)
+    centred = np.zeros((num_users, max(length, 1)), dtype=np.float32)
+    if length <= 0 or len(users) == 0:
+        return table, when, centred
+    ratings = np.asarray(ratings, dtype=np.float32)
+    order = np.lexsort((-np.asarray(times), users))
+    users, movies = np.asarray(users)[order], np.asarray(movies)[order]
+    times, ratings = np.asarray(times)[order], (ratings - ratings.mean())[order]
+    starts = np.searchsorted(users, users, side="left")
+    rank = np.arange(len(users)) - starts
+    keep = rank < length
+    table[users[keep], rank[keep]] = movies[keep] + 1
+    when[users[keep], rank[keep]] = times[keep]
+    centred[users[keep], rank[keep]] = ratings[keep]
+    return table, when, centred
+
+
+class _RatingHead(tf.keras.layers.Layer):
     """Predicts the rating of (query, movie) from the two embeddings (+ biases)."""
 
-    def __init__(self, vocab: Vocab, hp: HParams, mean_rating: float):
-        super().__init__(name="rating_model")
+    def __init__(self, vocab: Vocab, hp: HParams, mean_rating: float, history=None,
+                 name="rating_head"):
+        super().__init__(name=name)
         self._separate = hp.rating_tower == "separate"
         if self._separate:
-            self.query = query_tower(vocab, hp, name="rating_query_tower")
+            keys = tuple(k for k in F.QUERY_XF if k not in hp.rating_drop_features)
+            self.query = query_tower(vocab, hp, name="rating_query_tower", history=history,
+                                     keys=keys)
             self.candidate = candidate_tower(vocab, hp, name="rating_candidate_tower")
             self.user_bias = tf.keras.layers.Embedding(
                 vocab.sizes[F.USER_ID_XF], 1, embeddings_initializer="zeros", name="user_bias")
             self.movie_bias = tf.keras.layers.Embedding(
                 vocab.sizes[F.MOVIE_ID_XF], 1, embeddings_initializer="zeros",
                 name="movie_bias")
-        self.head = _mlp(hp.rating_layers, 1, hp, name="rating_head")
+        self.head = _mlp(hp.rating_layers, 1, hp, name=f"{name}_mlp")
+        self._dot = hp.rating_dot
         self.mean_rating = float(mean_rating)
 
     def call(self, features, query_embedding, candidate_embedding, training=False):
@@ -179,21 +292,50 @@ class RatingModel(tf.keras.layers.Layer):
         x = tf.concat([query_embedding, candidate_embedding,
                        query_embedding * candidate_embedding], axis=1)
         rating = self.head(x, training=training)[:, 0] + self.mean_rating
+        if self._dot:
+            rating += tf.reduce_sum(query_embedding * candidate_embedding, axis=1)
+        penalty = (tf.reduce_sum(query_embedding ** 2, axis=1)
+                   + tf.reduce_sum(candidate_embedding ** 2, axis=1))
         if self._separate:
-            rating += self.user_bias(tf.reshape(features[F.USER_ID_XF], [-1]))[:, 0]
-            rating += self.movie_bias(tf.reshape(features[F.MOVIE_ID_XF], [-1]))[:, 0]
-        return rating
+            user_bias = self.user_bias(tf.reshape(features[F.USER_ID_XF], [-1]))[:, 0]
+            movie_bias = self.movie_bias(tf.reshape(features[F.MOVIE_ID_XF], [-1]))[:, 0]
+            rating += user_bias + movie_bias
+            penalty += user_bias ** 2 + movie_bias ** 2
+        # MF-style regularization: only the users and movies of this batch are shrunk.
+        return rating, tf.reduce_mean(penalty)
+
+
+class RatingModel(tf.keras.layers.Layer):
+    """The mean of `rating_heads` independently initialised and trained rating heads (an
+    ensemble inside the model: each head learns from its own loss)."""
+
+    def __init__(self, vocab: Vocab, hp: HParams, mean_rating: float, history=None):
+        super().__init__(name="rating_model")
+        count = hp.rating_heads if hp.rating_tower == "separate" else 1
+        self.heads = [_RatingHead(vocab, hp, mean_rating, history, name=f"rating_head_{i}")
+                      for i in range(count)]
+
+    def call(self, features, query_embedding, candidate_embedding, training=False):
+        outputs = [h(features, query_embedding, candidate_embedding, training=training)
+                   for h in self.heads]
+        self.members = tf.stack([o[0] for o in outputs], axis=1)  # [batch, heads]
+        self.penalty = tf.add_n([o[1] for o in outputs]) / len(outputs)
+        return tf.reduce_mean(self.members, axis=1)
 
 
 class MovieRecModel(tfrs.Model):
     """Retrieval (in-batch softmax over movies) + rating regression, trained jointly."""
 
-    def __init__(self, vocab: Vocab, hp: HParams, movie_log_prob=None, mean_rating=3.5):
+    def __init__(self, vocab: Vocab, hp: HParams, movie_log_prob=None, mean_rating=3.5,
+                 history=None):
+        """history: user_history(...) of the training ratings, or None for no history."""
         super().__init__()
         self.hp = hp
-        self.query_tower = query_tower(vocab, hp)
+        if history is None and hp.history_len:
+            history = user_history([], [], [], [], vocab.sizes[F.USER_ID_XF], hp.history_len)
+        self.query_tower = query_tower(vocab, hp, history=history)
         self.candidate_tower = candidate_tower(vocab, hp)
-        self.rating_model = RatingModel(vocab, hp, mean_rating)
+        self.rating_model = RatingModel(vocab, hp, mean_rating, history=history)
         # log P(movie is sampled as an in-batch negative), indexed by movie_id_xf.
         self._log_prob = (None if movie_log_prob is None
                           else tf.constant(movie_log_prob, tf.float32))
@@ -218,7 +360,11 @@ class MovieRecModel(tfrs.Model):
         if self.hp.remove_accidental_hits:
             kwargs["candidate_ids"] = movie
         retrieval_loss = self.retrieval_task(q, c, compute_metrics=False, **kwargs)
-        rating_loss = self.rating_task(
-            labels=tf.reshape(features[F.RATING_XF], [-1]), predictions=rating)
+        labels = tf.reshape(features[F.RATING_XF], [-1])
+        rating_loss = self.rating_task(labels=labels, predictions=rating)
+        if len(self.rating_model.heads) > 1:  # train each head on its own error
+            rating_loss = tf.reduce_mean((self.rating_model.members - labels[:, None]) ** 2)
+        if self.hp.rating_l2:
+            rating_loss += self.hp.rating_l2 * self.rating_model.penalty
         return (self.hp.retrieval_weight * retrieval_loss
                 + self.hp.rating_weight * rating_loss)

@@ -68,13 +68,17 @@ def preprocessing_fn(inputs, custom_config=None):
         bucket = tft.bucketize(known, F.YEAR_BUCKETS) + 1
         out[F.YEAR_BUCKET_XF] = tf.where(year > 0, bucket, tf.zeros_like(bucket))
     if F.TIMESTAMP in inputs:
-        ts = tf.cast(_dense(inputs[F.TIMESTAMP], 0), tf.float32)
+        seconds = _dense(inputs[F.TIMESTAMP], 0)
         # Requests from after the training data (the `recommend` default is "now") are
         # clamped to the newest training time, so they land in the last bucket.
-        ts = tf.clip_by_value(ts, tft.min(ts), tft.max(ts))
+        first = tft.min(seconds)
+        seconds = tf.clip_by_value(seconds, first, tft.max(seconds))
+        ts = tf.cast(seconds, tf.float32)
         buckets = int(config.get("timestamp_buckets", F.DEFAULT_TIMESTAMP_BUCKETS))
         out[F.TIMESTAMP_BUCKET_XF] = tft.bucketize(ts, buckets)
         out[F.TIMESTAMP_Z_XF] = tft.scale_to_z_score(ts)
+        # exact in int64, then float32: about a minute's resolution over 20 years
+        out[F.TIMESTAMP_S_XF] = tf.cast(seconds - first, tf.float32)
     if F.USER_AGE in inputs:
         age = _dense(inputs[F.USER_AGE], 0)
         out[F.AGE_BUCKET_XF] = tf.cast(tf.raw_ops.Bucketize(

@@ -19,7 +19,7 @@ import tensorflow_transform as tft
 
 from trainer import export
 from trainer import features as F
-from trainer.model import HParams, MovieRecModel, Vocab
+from trainer.model import HParams, MovieRecModel, Vocab, user_history
 
 _READ_BATCH = 8192
 
@@ -122,19 +122,48 @@ class _LogEpochs(tf.keras.callbacks.Callback):
             " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items())))
 
 
+class _AverageWeights(tf.keras.callbacks.Callback):
+    """Stochastic weight averaging: the mean of the trainable weights after each of the
+    last `last` epochs replaces the final weights."""
+
+    def __init__(self, last: int, epochs: int):
+        super().__init__()
+        self._first, self._sum, self._count = max(epochs - last, 0), None, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch < self._first:
+            return
+        values = [v.numpy() for v in self.model.trainable_variables]
+        self._sum = values if self._sum is None else [a + b for a, b in zip(self._sum, values)]
+        self._count += 1
+
+    def on_train_end(self, logs=None):
+        if self._count > 1:
+            for variable, total in zip(self.model.trainable_variables, self._sum):
+                variable.assign(total / self._count)
+
+
 def fit(train: dict, vocab: Vocab, hp: HParams, validation: dict | None = None,
         callbacks=()):
     """Builds and trains the multitask model on transformed columns."""
     tf.keras.utils.set_random_seed(hp.seed)
     counts = np.bincount(train[F.MOVIE_ID_XF], minlength=vocab.sizes[F.MOVIE_ID_XF])
     log_prob = np.log((counts + 1.0) / (counts.sum() + len(counts)))
+    history = user_history(train[F.USER_ID_XF], train[F.MOVIE_ID_XF], train[F.TIMESTAMP_S_XF],
+                           train[F.RATING_XF], vocab.sizes[F.USER_ID_XF], hp.history_len)
     model = MovieRecModel(vocab, hp, movie_log_prob=log_prob,
-                          mean_rating=float(np.mean(train[F.RATING_XF])))
-    model.compile(optimizer=hp.make_optimizer())
+                          mean_rating=float(np.mean(train[F.RATING_XF])), history=history)
+    steps_per_epoch = -(-len(train[F.RATING_XF]) // hp.batch_size)
+    model.compile(optimizer=hp.make_optimizer(steps_per_epoch))
+    dataset = _dataset(train, hp, shuffle=True)
+    steps = {}
+    if hp.max_steps:
+        dataset, steps = dataset.repeat(), {"steps_per_epoch": hp.max_steps}
     history = model.fit(
-        _dataset(train, hp, shuffle=True), epochs=hp.epochs, verbose=0,
+        dataset, epochs=1 if hp.max_steps else hp.epochs, verbose=0, **steps,
         validation_data=_dataset(validation, hp, shuffle=False) if validation else None,
-        callbacks=[_LogEpochs()] + list(callbacks))
+        callbacks=[_LogEpochs()] + list(callbacks)
+        + ([_AverageWeights(hp.average_epochs, hp.epochs)] if hp.average_epochs > 1 else []))
     return model, counts, history.history
 
 

@@ -1,0 +1,269 @@
+"""Serving benchmark: latency and throughput of `movierec serve` under a bounded load.
+
+Starts the server as a real subprocess on a loopback ephemeral port over --model-base,
+sends --requests requests (default 5,000) at each concurrency (default 1, 8 and 32) for
+`recommend` (one user per request) and `serving_default` (one b64 tf.Example per request),
+and prints p50/p95/p99 latency, throughput and errors, beside the in-process SavedModel call
+(the floor: the same signature called directly in this process, one request at a time).
+
+    .venv/bin/python benchmarks/serving.py --model-base output/serving [--requests 1000]
+        [--concurrency 1,8,32] [--threads 4] [--json results.json]
+
+The load goes to 127.0.0.1 only, over persistent HTTP/1.1 connections (http.client, one per
+client thread), and stops by itself after the bounded number of requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def percentile(sorted_values, q):
+    if not sorted_values:
+        return float("nan")
+    i = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[i]
+
+
+def summarize(latencies, seconds, errors):
+    values = sorted(latencies)
+    return {"requests": len(values) + errors, "errors": errors,
+            "p50_ms": percentile(values, 50) * 1e3, "p95_ms": percentile(values, 95) * 1e3,
+            "p99_ms": percentile(values, 99) * 1e3,
+            "mean_ms": statistics.fmean(values) * 1e3 if values else float("nan"),
+            "throughput_rps": len(values) / seconds if seconds > 0 else float("nan")}
+
+
+# ---------------------------------------------------------------------------- the server
+def start_server(model_base: str, threads: int, log_path: str):
+    ready = os.path.join(tempfile.mkdtemp(prefix="movierec-bench-"), "ready")
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "serve", "--model-base", model_base,
+         "--host", "127.0.0.1", "--port", "0", "--threads", str(threads),
+         "--ready-file", ready],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+    while not os.path.exists(ready):
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise SystemExit(f"the server did not start (log: {log_path})")
+        time.sleep(0.1)
+    host, port = open(ready).read().split()
+    return proc, host, int(port)
+
+
+def stop_server(proc) -> int:
+    proc.terminate()
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+# ------------------------------------------------------------------------------ the load
+def cpu_seconds(pid=None) -> float:
+    """User + system CPU seconds of a process (this one by default), from /proc."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_load(host, port, path, bodies, total, concurrency):
+    """`total` POSTs of bodies (cycled) from `concurrency` threads, each with one
+    persistent connection. Returns (latencies in seconds, wall seconds, errors)."""
+    lock = threading.Lock()
+    counter = iter(range(total))
+    latencies, errors, first_errors = [], [0], []
+
+    def worker():
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        mine = []
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                break
+            body = bodies[i % len(bodies)]
+            started = time.perf_counter()
+            try:
+                conn.request("POST", path, body, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                data = response.read()
+                elapsed = time.perf_counter() - started
+                if response.status != 200:
+                    raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
+                mine.append(elapsed)
+            except Exception as e:  # noqa: BLE001 - counted
+                with lock:
+                    errors[0] += 1
+                    if len(first_errors) < 3:
+                        first_errors.append(repr(e))
+                conn.close()
+                conn = http.client.HTTPConnection(host, port, timeout=30)
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    for e in first_errors:
+        print(f"    error: {e}", file=sys.stderr)
+    return latencies, wall, errors[0]
+
+
+# ------------------------------------------------------------------------ the request mix
+def request_bodies(model_dir: str, n: int = 500, seed: int = 0):
+    """(recommend bodies, serving_default bodies, the same as in-process inputs)."""
+    import tensorflow as tf
+
+    from serving.model import movie_catalog
+    from trainer import features as F
+
+    rng = random.Random(seed)
+    model = tf.saved_model.load(model_dir)
+    ids, titles = movie_catalog(model)
+    users = [str(rng.randint(1, 1000)) for _ in range(n)]
+    recommend = [json.dumps({"signature_name": "recommend", "instances": [u]}).encode()
+                 for u in users]
+    examples = []
+    for u in users:
+        m = rng.randrange(len(ids))
+        values = {F.USER_ID: [u.encode()], F.TIMESTAMP: [880000000 + rng.randint(0, 10 ** 7)],
+                  F.USER_AGE: [rng.randint(18, 70)], F.USER_GENDER: [b"F"],
+                  F.USER_OCCUPATION: [b"writer"], F.USER_ZIP: [b"55105"],
+                  F.MOVIE_ID: [ids[m].encode()], F.MOVIE_TITLE: [titles[m].encode()],
+                  F.MOVIE_GENRES: [b"Drama"], F.MOVIE_YEAR: [1995]}
+        feature = {}
+        for name, value in values.items():
+            if isinstance(value[0], bytes):
+                feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=value))
+            else:
+                feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=value))
+        examples.append(tf.train.Example(features=tf.train.Features(feature=feature))
+                        .SerializeToString())
+    serving_default = [json.dumps({"instances": [{"b64": base64.b64encode(e).decode()}]})
+                       .encode() for e in examples]
+    return model, users, examples, recommend, serving_default
+
+
+def in_process_floor(model, name, feeds_list, total):
+    """The signature called directly (tensors in, numpy out), one call at a time."""
+    fn = model.signatures[name]
+    for feeds in feeds_list[:20]:
+        {k: v.numpy() for k, v in fn(**feeds).items()}
+    latencies = []
+    started = time.perf_counter()
+    for i in range(total):
+        feeds = feeds_list[i % len(feeds_list)]
+        t = time.perf_counter()
+        {k: v.numpy() for k, v in fn(**feeds).items()}
+        latencies.append(time.perf_counter() - t)
+    return latencies, time.perf_counter() - started, 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-base", default="output/serving",
+                        help="serving base with movierec/<version>/ (default output/serving)")
+    parser.add_argument("--requests", type=int, default=5000,
+                        help="requests per signature and concurrency (default 5000)")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--threads", type=int, default=1, help="server --threads")
+    parser.add_argument("--signatures", default="recommend,serving_default")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    from pipeline.cli import resolve_model_dir
+
+    model_base = os.path.abspath(args.model_base)
+    model_dir = resolve_model_dir(os.path.join(model_base, "movierec"))
+    levels = [int(c) for c in args.concurrency.split(",")]
+    signatures = args.signatures.split(",")
+    print(f"model {model_dir}; {args.requests} requests per signature and concurrency "
+          f"{levels}; {os.cpu_count()} CPUs", flush=True)
+
+    model, users, examples, recommend, serving_default = request_bodies(model_dir)
+    import tensorflow as tf
+
+    bodies = {"recommend": recommend, "serving_default": serving_default}
+    floors = {
+        "recommend": [{"user_id": tf.constant([u])} for u in users],
+        "serving_default": [{"examples": tf.constant([e])} for e in examples],
+    }
+    results = []
+    log_path = os.path.join(tempfile.gettempdir(), "movierec-bench-server.log")
+    proc, host, port = start_server(model_base, args.threads, log_path)
+    try:
+        path = "/v1/models/movierec:predict"
+        for name in signatures:
+            run_load(host, port, path, bodies[name], 200, 4)  # warm-up
+            for c in levels:
+                cpu = cpu_seconds(proc.pid), cpu_seconds()
+                lat, wall, errors = run_load(host, port, path, bodies[name], args.requests, c)
+                n = max(1, args.requests)
+                results.append({"signature": name, "mode": "http", "concurrency": c,
+                                **summarize(lat, wall, errors),
+                                "server_cpu_ms": (cpu_seconds(proc.pid) - cpu[0]) / n * 1e3,
+                                "client_cpu_ms": (cpu_seconds() - cpu[1]) / n * 1e3})
+                _print_row(results[-1])
+    finally:
+        rc = stop_server(proc)
+    for name in signatures:
+        lat, wall, errors = in_process_floor(model, name, floors[name], args.requests)
+        results.append({"signature": name, "mode": "in-process", "concurrency": 1,
+                        **summarize(lat, wall, errors)})
+        _print_row(results[-1])
+    print(f"server exit code after SIGTERM: {rc} (log: {log_path})")
+    for r in results:
+        if (r["signature"], r["mode"], r["concurrency"]) == ("recommend", "http", 8):
+            met = r["p50_ms"] <= 5 and r["p99_ms"] <= 20 and r["errors"] == 0
+            print(f"target (recommend at concurrency 8: p50 <= 5 ms, p99 <= 20 ms, 0 errors): "
+                  f"{'met' if met else 'MISSED'} (p50 {r['p50_ms']:.2f} ms, "
+                  f"p99 {r['p99_ms']:.2f} ms, {r['errors']} errors)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": model_dir, "results": results, "server_exit_code": rc}, f,
+                      indent=1)
+    return 0 if rc == 0 and not any(r["errors"] for r in results) else 1
+
+
+def _print_row(r):
+    if not getattr(_print_row, "header", False):
+        print(f"{'signature':<16} {'mode':<10} {'conc':>4} {'requests':>8} {'errors':>6} "
+              f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'req/s':>8} "
+              f"{'server CPU ms/req':>17} {'client CPU ms/req':>17}")
+        _print_row.header = True
+    print(f"{r['signature']:<16} {r['mode']:<10} {r['concurrency']:>4} {r['requests']:>8} "
+          f"{r['errors']:>6} {r['p50_ms']:>7.2f} {r['p95_ms']:>7.2f} {r['p99_ms']:>7.2f} "
+          f"{r['throughput_rps']:>8.0f} {r.get('server_cpu_ms', float('nan')):>17.2f} "
+          f"{r.get('client_cpu_ms', float('nan')):>17.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,488 @@
+"""One loaded SavedModel version and the TF-Serving REST conventions around it.
+
+`ServedModel.load(path, version)` loads a version directory, reads its SignatureDefs (for
+the metadata endpoint) and warms every signature up once. `Signature.feeds(request)` turns
+the JSON body of a TF Serving `:predict` request — row format (`instances`) or columnar
+format (`inputs`) — into numpy inputs, checking names, dtypes and shapes against the
+signature; `Signature.call_batch` runs one or several requests' inputs as one call; and
+`Signature.response` shapes the answer as TF Serving does (`predictions` / `outputs`).
+
+Conventions (TF Serving's REST API):
+- string values are JSON strings (UTF-8); binary values may be `{"b64": "<base64>"}`;
+  string outputs come back as strings, or `{"b64": ...}` when they are not valid UTF-8;
+- row format: `instances` is a list with one entry per example; an entry is an object
+  `{input name: value}`, or, when the signature has one input, the bare value;
+- columnar format: `inputs` is an object `{input name: batched value}`, or, when the
+  signature has one input, the bare batched value;
+- answers: `{"predictions": [...]}` for row format (one object per instance when the
+  signature has several outputs, the bare value when it has one); `{"outputs": {...}}` for
+  columnar format (the bare batched value when there is one output).
+
+movierec's convenience for `serving_default` (input `examples`, serialized tf.Examples):
+besides `{"b64": <serialized tf.Example>}`, an example may be given as a plain JSON object of
+raw feature values named as in trainer/features.py, e.g.
+`{"user_id": "42", "timestamp": 881250949, "user_age": 30, "user_gender": "M",
+"user_occupation": "writer", "user_zip": "55105", "movie_id": "50",
+"movie_title": "Star Wars (1977)", "movie_genres": ["Action", "Sci-Fi"], "movie_year": 1977}`;
+the server builds the tf.Example from it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import os
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from google.protobuf import json_format  # noqa: E402
+from tensorflow.core.example import example_pb2, feature_pb2  # noqa: E402
+
+from trainer import features as F  # noqa: E402
+
+MAX_K = 100  # recommend_at's largest k (trainer.export.MAX_K)
+MAX_BATCH = 10_000  # instances per request
+EXAMPLES_INPUT = "examples"  # serving_default's input: serialized tf.Examples
+
+_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
+class RequestError(Exception):
+    """A bad request: answered with HTTP 400 and {"error": message}."""
+
+
+# ------------------------------------------------------------------------ JSON -> tensors
+def _shape_of(value, where: str) -> tuple:
+    """The shape of a nested JSON list, read along its first elements (scalars: ());
+    _flatten then checks that every element agrees."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return tuple(shape)
+
+
+def _flatten(value, shape: tuple, where: str, out: list):
+    if not shape:
+        if isinstance(value, list):
+            raise RequestError(f"{where}: ragged or over-nested list")
+        out.append(value)
+        return
+    if not isinstance(value, list) or len(value) != shape[0]:
+        raise RequestError(f"{where}: ragged list (all rows must have the same length)")
+    inner = shape[1:]
+    if not inner:  # the common case: a list of scalars
+        for item in value:
+            if isinstance(item, list):
+                raise RequestError(f"{where}: ragged or over-nested list")
+        out.extend(value)
+        return
+    for item in value:
+        _flatten(item, inner, where, out)
+
+
+def _describe(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _to_bytes(value, where: str) -> bytes:
+    if isinstance(value, str):
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError:  # JSON may carry lone surrogates ("\ud800")
+            raise RequestError(f"{where}: string is not valid Unicode") from None
+    if isinstance(value, dict) and len(value) == 1 and "b64" in value:
+        encoded = value["b64"]
+        if not isinstance(encoded, str):
+            raise RequestError(f"{where}: b64 value must be a string")
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise RequestError(f"{where}: invalid base64: {e}") from None
+    raise RequestError(f"{where}: expected a string (or {{\"b64\": ...}}), got "
+                       f"{_describe(value)}")
+
+
+def _to_int(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise RequestError(f"{where}: expected an integer, got {_describe(value)}")
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise RequestError(f"{where}: {value} is out of the int64 range")
+    return value
+
+
+def _to_float(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
+            return float(value.replace("Infinity", "inf"))
+        raise RequestError(f"{where}: expected a number, got {_describe(value)}")
+    return float(value)
+
+
+def _to_bool(value, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise RequestError(f"{where}: expected true or false, got {_describe(value)}")
+    return value
+
+
+def _numpy_dtype(dtype: tf.DType):
+    if dtype == tf.string:
+        return object, _to_bytes
+    if dtype == tf.bool:
+        return np.bool_, _to_bool
+    if dtype.is_integer:
+        return dtype.as_numpy_dtype, _to_int
+    if dtype.is_floating:
+        return dtype.as_numpy_dtype, _to_float
+    raise RequestError(f"inputs of dtype {dtype.name} are not supported")
+
+
+def _example_from_features(features: dict, where: str) -> bytes:
+    """A serialized tf.Example from {raw feature name: value or list of values}."""
+    example = example_pb2.Example()
+    fmap = example.features.feature
+    for name, value in features.items():
+        spec = _RAW_FEATURES.get(name)
+        if spec is None:
+            raise RequestError(f"{where}: unknown feature {name!r} (known: "
+                               f"{', '.join(sorted(_RAW_FEATURES))})")
+        values = value if isinstance(value, list) else [value]
+        if not spec.multivalent and len(values) != 1:
+            raise RequestError(f"{where}: feature {name!r} takes one value, got "
+                               f"{len(values)}")
+        at = f"{where}: feature {name!r}"
+        feature = feature_pb2.Feature()
+        if spec.dtype == tf.string:
+            feature.bytes_list.value.extend(_to_bytes(v, at) for v in values)
+        elif spec.dtype.is_integer:
+            feature.int64_list.value.extend(_to_int(v, at) for v in values)
+        else:
+            feature.float_list.value.extend(_to_float(v, at) for v in values)
+        fmap[name].CopyFrom(feature)
+    return example.SerializeToString()
+
+
+_RAW_FEATURES = {f.name: f for f in F.RATING_EXAMPLE_FEATURES}
+
+
+def _is_b64(value) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and "b64" in value
+
+
+class Signature:
+    """One signature of a loaded model: its input/output specs and a call."""
+
+    def __init__(self, name: str, fn, signature_def: dict):
+        self.name = name
+        self.fn = fn
+        self.inputs = dict(fn.structured_input_signature[1])  # name -> TensorSpec
+        self.outputs = dict(fn.structured_outputs)  # name -> TensorSpec
+        self.signature_def = signature_def
+        self._converters = {n: _numpy_dtype(s.dtype) for n, s in self.inputs.items()}
+        self._single_input = next(iter(self.inputs)) if len(self.inputs) == 1 else None
+        self._single_output = next(iter(self.outputs)) if len(self.outputs) == 1 else None
+        self._takes_examples = (self._single_input == EXAMPLES_INPUT
+                                and self.inputs[EXAMPLES_INPUT].dtype == tf.string)
+
+    # ----------------------------------------------------------------- request -> tensors
+    def _example_value(self, value, where: str):
+        """serving_default's convenience: a feature dict is one serialized tf.Example."""
+        if (self._takes_examples and isinstance(value, dict) and not _is_b64(value)):
+            return _example_from_features(value, where)  # bytes: never from JSON
+        return value
+
+    def _array(self, name: str, value, batched_shape: tuple | None, where: str):
+        """A numpy array for input `name` from a nested JSON value ([batch] + spec[1:])."""
+        spec = self.inputs[name]
+        np_dtype, convert = self._converters[name]
+        shape = _shape_of(value, where) if batched_shape is None else batched_shape
+        expected = spec.shape
+        if expected.rank is not None:
+            if len(shape) != expected.rank:
+                raise RequestError(
+                    f"{where}: expected a value of rank {expected.rank - 1} per instance "
+                    f"(shape {_shape_str(expected)} with the batch), got shape "
+                    f"{list(shape)}")
+            for i, (got, want) in enumerate(zip(shape, expected.as_list())):
+                if want is not None and got != want:
+                    raise RequestError(f"{where}: dimension {i} must be {want}, got {got}")
+        if len(shape) > 32:
+            raise RequestError(f"{where}: nested too deeply")
+        flat: list = []
+        _flatten(value, shape, where, flat)
+        if shape and shape[0] == 0:
+            raise RequestError(f"{where}: empty batch")
+        if shape and shape[0] > MAX_BATCH:
+            raise RequestError(f"{where}: at most {MAX_BATCH} instances per request")
+        converted = [v if type(v) is bytes else convert(v, where) for v in flat]
+        if name == "k" and spec.dtype.is_integer:
+            too_big = [k for k in converted if k > MAX_K]
+            if too_big:
+                raise RequestError(f"{where}: k must be at most {MAX_K}, got {too_big[0]}")
+        array = np.empty(len(converted), dtype=object) if np_dtype is object \
+            else np.array(converted, dtype=np_dtype)
+        if np_dtype is object:
+            array[:] = converted
+        return array.reshape(shape)
+
+    def _row_feeds(self, instances) -> dict:
+        if not isinstance(instances, list):
+            raise RequestError("'instances' must be a list")
+        if not instances:
+            raise RequestError("'instances' is empty")
+        if len(instances) > MAX_BATCH:
+            raise RequestError(f"at most {MAX_BATCH} instances per request")
+        names = list(self.inputs)
+        columns = {n: [] for n in names}
+        for i, instance in enumerate(instances):
+            where = f"instances[{i}]"
+            if isinstance(instance, dict) and not _is_b64(instance) and (
+                    not self._takes_examples or set(instance) == {EXAMPLES_INPUT}):
+                missing = [n for n in names if n not in instance]
+                unknown = sorted(set(instance) - set(names))
+                if unknown:
+                    raise RequestError(f"{where}: unknown input {unknown[0]!r} for signature "
+                                       f"{self.name!r} (inputs: {', '.join(names)})")
+                if missing:
+                    raise RequestError(f"{where}: missing input {missing[0]!r} for signature "
+                                       f"{self.name!r}")
+                for n in names:
+                    columns[n].append(self._example_value(instance[n], where))
+            elif self._single_input is not None:
+                columns[self._single_input].append(self._example_value(instance, where))
+            else:
+                raise RequestError(f"{where}: signature {self.name!r} has several inputs "
+                                   f"({', '.join(names)}): each instance must be an object "
+                                   f"naming them")
+        feeds = {}
+        for n in names:
+            per_instance = _shape_of(columns[n][0], f"instances[0].{n}")
+            feeds[n] = self._array(n, columns[n], (len(instances),) + per_instance,
+                                    f"instances: input {n!r}")
+        return feeds
+
+    def _columnar_feeds(self, inputs) -> dict:
+        names = list(self.inputs)
+        if isinstance(inputs, dict) and not _is_b64(inputs) and not (
+                self._takes_examples and set(inputs) != {EXAMPLES_INPUT}):
+            missing = [n for n in names if n not in inputs]
+            unknown = sorted(set(inputs) - set(names))
+            if unknown:
+                raise RequestError(f"unknown input {unknown[0]!r} for signature "
+                                   f"{self.name!r} (inputs: {', '.join(names)})")
+            if missing:
+                raise RequestError(f"missing input {missing[0]!r} for signature "
+                                   f"{self.name!r}")
+            values = inputs
+        elif self._single_input is not None:
+            values = {self._single_input: inputs}
+        else:
+            raise RequestError(f"signature {self.name!r} has several inputs "
+                               f"({', '.join(names)}): 'inputs' must be an object naming them")
+        feeds = {}
+        for n in names:
+            value = values[n]
+            if self._takes_examples and isinstance(value, list):
+                value = [self._example_value(v, f"inputs.{n}[{i}]")
+                         for i, v in enumerate(value)]
+            feeds[n] = self._array(n, value, None, f"inputs: input {n!r}")
+        sizes = {a.shape[0] for a in feeds.values() if a.ndim}
+        if len(sizes) > 1:
+            raise RequestError(f"inputs have different batch sizes: {sorted(sizes)}")
+        return feeds
+
+    def feeds(self, request: dict) -> tuple[dict, bool]:
+        """Numpy inputs ([batch, ...] each) for a parsed request body, and whether it is in
+        row format."""
+        has_rows, has_cols = "instances" in request, "inputs" in request
+        if has_rows == has_cols:
+            raise RequestError("the request must have exactly one of 'instances' (row "
+                               "format) and 'inputs' (columnar format)")
+        if has_rows:
+            return self._row_feeds(request["instances"]), True
+        return self._columnar_feeds(request["inputs"]), False
+
+    # ------------------------------------------------------------------------ the call
+    def batch_key(self, feeds: dict):
+        """Requests with equal keys can run as one batch (None: this one runs alone).
+        A signature is batched only when every output has the batch as its first and only
+        unknown dimension, so that a batch's outputs split back into per-request rows
+        (recommend_at's outputs are [batch, largest k of the batch]: never batched)."""
+        if not self.batchable:
+            return None
+        return (self.name,) + tuple(feeds[n].shape[1:] for n in self.inputs)
+
+    @property
+    def batchable(self) -> bool:
+        if not hasattr(self, "_batchable"):
+            self._batchable = all(
+                spec.shape.rank and spec.shape[0] is None
+                and all(d is not None for d in spec.shape.as_list()[1:])
+                for spec in list(self.outputs.values()) + list(self.inputs.values()))
+        return self._batchable
+
+    def call(self, feeds: dict) -> dict:
+        """Runs the signature on numpy inputs; numpy outputs. Thread-safe."""
+        tensors = {name: tf.constant(value, dtype=self.inputs[name].dtype)
+                   for name, value in feeds.items()}
+        outputs = self.fn(**tensors)
+        return {name: value.numpy() for name, value in outputs.items()}
+
+    def call_batch(self, requests: list) -> list:
+        """Runs several requests' feeds as one call; per request, its outputs or the
+        exception it raised. When the batch fails, each request runs alone, so that one bad
+        request does not fail the others."""
+        if len(requests) == 1:
+            try:
+                return [self.call(requests[0])]
+            except Exception as e:  # noqa: BLE001 - handed to the request
+                return [e]
+        sizes = [len(next(iter(f.values()))) for f in requests]
+        joined = {name: np.concatenate([f[name] for f in requests]) for name in self.inputs}
+        try:
+            outputs = self.call(joined)
+            total = sum(sizes)
+            if any(v.shape[:1] != (total,) for v in outputs.values()):
+                raise ValueError("outputs do not follow the batch")
+        except Exception:  # noqa: BLE001 - retried one by one
+            return [r for f in requests for r in self.call_batch([f])]
+        results, start = [], 0
+        for size in sizes:
+            results.append({name: value[start:start + size] for name, value in outputs.items()})
+            start += size
+        return results
+
+    def response(self, outputs: dict, row_format: bool) -> dict:
+        if row_format:
+            if self._single_output is not None:
+                return {"predictions": _jsonable(outputs[self._single_output])}
+            columns = {name: _jsonable(value) for name, value in outputs.items()}
+            batch = len(next(iter(columns.values())))
+            return {"predictions": [{name: column[i] for name, column in columns.items()}
+                                    for i in range(batch)]}
+        if self._single_output is not None:
+            return {"outputs": _jsonable(outputs[self._single_output])}
+        return {"outputs": {name: _jsonable(value) for name, value in outputs.items()}}
+
+    def warm_up(self):
+        """One call with a dummy batch of one (errors, e.g. an empty tf.Example, are fine):
+        the first real request then does not pay for the functions' first run."""
+        feeds = {}
+        for name, spec in self.inputs.items():
+            shape = [1 if d is None else d for d in (spec.shape.as_list() or [])] or []
+            if spec.dtype == tf.string:
+                feeds[name] = np.full(shape, b"", dtype=object)
+            else:
+                feeds[name] = np.full(shape, 10 if name == "k" else 0,
+                                      dtype=spec.dtype.as_numpy_dtype)
+        try:
+            self.call(feeds)
+        except Exception:  # noqa: BLE001 - warm-up only
+            pass
+
+
+def _shape_str(shape: tf.TensorShape) -> str:
+    return "[" + ", ".join("-1" if d is None else str(d) for d in shape.as_list()) + "]"
+
+
+# ------------------------------------------------------------------------ tensors -> JSON
+def _decode(value: bytes):
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(value).decode("ascii")}
+
+
+def _json_float(value: float):
+    if math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def _jsonable(array: np.ndarray):
+    """A numpy output as JSON-ready Python values: strings decoded, float32 as their
+    shortest decimal form (3.6, not 3.5999999046325684)."""
+    if array.dtype == object:
+        flat = [_decode(v) for v in array.ravel().tolist()]
+    elif array.dtype == np.float32 or array.dtype == np.float16:
+        # numpy prints a float32 with the fewest digits that read back to it
+        flat = [_json_float(float(s)) for s in array.ravel().astype(str).tolist()]
+    elif array.dtype.kind == "f":
+        flat = [_json_float(v) for v in array.ravel().tolist()]
+    else:
+        return array.tolist()
+    if array.ndim == 1:
+        return flat
+    if array.ndim == 0:
+        return flat[0]
+    out = np.empty(len(flat), dtype=object)
+    out[:] = flat
+    return out.reshape(array.shape).tolist()
+
+
+# ------------------------------------------------------------------------ a loaded version
+def _signature_defs(path: str) -> dict:
+    """{name: SignatureDef as TF Serving prints it}, read from saved_model.pb."""
+    from tensorflow.python.saved_model import loader_impl
+
+    saved_model = loader_impl.parse_saved_model(path)
+    defs = {}
+    for name, sig in saved_model.meta_graphs[0].signature_def.items():
+        if name.startswith("__"):  # __saved_model_init_op: not callable
+            continue
+        defs[name] = json_format.MessageToDict(
+            sig, preserving_proto_field_name=True, including_default_value_fields=True)
+    return defs
+
+
+class ServedModel:
+    """A SavedModel version loaded for serving."""
+
+    def __init__(self, version: int, path: str, module, signatures: dict):
+        self.version = version
+        self.path = path
+        self.module = module  # keeps the functions' resources alive
+        self.signatures = signatures
+
+    @classmethod
+    def load(cls, path: str, version: int, warm_up: bool = True) -> "ServedModel":
+        defs = _signature_defs(path)
+        module = tf.saved_model.load(path)
+        signatures = {name: Signature(name, fn, defs.get(name, {}))
+                      for name, fn in module.signatures.items()}
+        if not signatures:
+            raise ValueError(f"{path} has no serving signatures")
+        if warm_up:
+            for signature in signatures.values():
+                signature.warm_up()
+        return cls(version, path, module, signatures)
+
+    def metadata(self, model_name: str) -> dict:
+        """GetModelMetadata's JSON (TF Serving's REST shape)."""
+        return {
+            "model_spec": {"name": model_name, "signature_name": "",
+                           "version": str(self.version)},
+            "metadata": {"signature_def": {
+                "signature_def": {name: sig.signature_def
+                                  for name, sig in sorted(self.signatures.items())}}},
+        }
+
+
+# ------------------------------------------------------------------------ the catalog
+def movie_catalog(module) -> tuple[list[str], list[str]]:
+    """(movie ids, titles) of a loaded movierec SavedModel, in catalog order."""
+    ids, titles = getattr(module, "movie_ids", None), getattr(module, "movie_titles", None)
+    if ids is None or titles is None:
+        raise ValueError("the model does not expose its movie catalog (movie_ids, "
+                         "movie_titles): was it exported by trainer/export.py?")
+    return ([v.decode("utf-8") for v in np.asarray(ids.numpy()).ravel()],
+            [v.decode("utf-8") for v in np.asarray(titles.numpy()).ravel()])
