@@ -59,6 +59,7 @@ def run_pipeline(data_dir, output_dir, *extra) -> dict:
 def popularity_baseline(examples_uri: str) -> dict:
     """Most-rated movies of the train split for everyone; the global mean as the rating."""
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
 
     spec = {"movie_id": tf.io.FixedLenFeature([1], tf.string),

@@ -199,7 +199,7 @@ def cmd_run(args) -> int:
         beam_workers=args.beam_workers,
         beam_pipeline_args=tuple(args.beam_pipeline_args.split()) if args.beam_pipeline_args
         else (),
-        enable_cache=not args.no_cache,
+        enable_cache=not args.no_cache, tune_trials=getattr(args, "trials", 0),
         **({"rmse_upper_bound": args.rmse_upper_bound} if args.rmse_upper_bound else {}))
     with _output_lock(output_dir):
         from pipeline import local_runner, metadata
@@ -220,6 +220,9 @@ def cmd_run(args) -> int:
                                        metadata.find_run(metadata.connect(output_dir)))
         print(f"finished in {time.time() - started:.0f} s", flush=True)
         _print_summary(summary, sys.stdout)
+        if config.tune_trials:
+            print("tuned hyperparameters: " + json.dumps(
+                metadata.best_hyperparameters(metadata.connect(output_dir)), sort_keys=True))
     return 0
 
 
@@ -286,13 +289,7 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="movierec", description="Train, evaluate and ship a TFRS movie recommender "
-        "with a TFX pipeline.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    run = sub.add_parser("run", help="run the pipeline (ExampleGen ... Pusher)")
+def _add_run_arguments(run) -> None:
     run.add_argument("--data-dir", help="a MovieLens directory (ml-100k, ml-1m or "
                      "ml-latest/ml-25m layout); default: download --dataset into the cache")
     run.add_argument("--dataset", default=DEFAULT_DATASET,
@@ -319,7 +316,25 @@ def build_parser() -> argparse.ArgumentParser:
                      help="extra Beam pipeline args, space-separated")
     run.add_argument("--no-cache", action="store_true",
                      help="re-execute every component instead of reusing cached results")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="movierec", description="Train, evaluate and ship a TFRS movie recommender "
+        "with a TFX pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the pipeline (ExampleGen ... Pusher)")
+    _add_run_arguments(run)
     run.set_defaults(func=cmd_run)
+
+    tune = sub.add_parser(
+        "tune", help="run the pipeline with a Tuner (keras-tuner random search over "
+        "trainer/tuning.py's SEARCH_SPACE on a validation split of train) feeding the Trainer")
+    _add_run_arguments(tune)
+    tune.add_argument("--trials", type=int, default=4, help="models tried (default 4)")
+    tune.set_defaults(func=cmd_run)
+
 
     inspect = sub.add_parser("inspect", help="read runs and metrics from ML Metadata")
     inspect.add_argument("what", choices=("metrics",))

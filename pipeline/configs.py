@@ -34,6 +34,8 @@ class PipelineConfig:
     retrieval_tolerance: float = 0.01
     retrieval_floor: float = 0.0
     retrieval_max_examples: int = 200_000
+    # > 0: a Tuner (keras-tuner random search, trials) feeds the Trainer's hyperparameters.
+    tune_trials: int = 0
     beam_workers: int = 0  # 0: Beam's default (in-process); N > 1: multi-processing
     beam_pipeline_args: Sequence[str] = ()
     enable_cache: bool = True
@@ -77,3 +79,4 @@ def code_fingerprint(*modules: str) -> str:
 
 TRANSFORM_CODE = ("trainer/features.py", "trainer/preprocessing.py")
 TRAINER_CODE = TRANSFORM_CODE + ("trainer/model.py", "trainer/run.py", "trainer/export.py")
+TUNER_CODE = TRAINER_CODE + ("trainer/tuning.py",)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from ml_metadata import metadata_store
@@ -124,3 +125,13 @@ def run_metrics(store, context) -> dict:
     if pushes and custom(pushes[-1], "pushed", 0):
         result["pushed_model"] = custom(pushes[-1], "pushed_destination")
     return result
+
+
+def best_hyperparameters(store, context=None) -> dict:
+    """The values of the latest Tuner's best hyperparameters (of `context`, else any)."""
+    artifacts = (run_artifacts(store, context, "HyperParameters") if context else
+                 sorted(store.get_artifacts_by_type("HyperParameters"), key=lambda a: a.id))
+    if not artifacts:
+        return {}
+    with open(os.path.join(artifacts[-1].uri, "best_hyperparameters.txt")) as f:
+        return json.load(f).get("values", {})

@@ -67,11 +67,23 @@ def create_pipeline(config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
                 "timestamp_buckets", F.DEFAULT_TIMESTAMP_BUCKETS)),
             "code": configs.code_fingerprint(*configs.TRANSFORM_CODE)})
 
+    # Optionally, a hyperparameter search on a validation split carved out of train.
+    tuner = None
+    if config.tune_trials:
+        tuner = tfx.components.Tuner(
+            tuner_fn="trainer.tuning.tuner_fn", examples=examples,
+            transform_graph=transform.outputs["transform_graph"],
+            train_args=tfx.proto.TrainArgs(splits=["train"]),
+            eval_args=tfx.proto.EvalArgs(splits=["train"]),  # never the eval split
+            custom_config={"hparams": dict(config.hparams), "trials": config.tune_trials,
+                           "code": configs.code_fingerprint(*configs.TUNER_CODE)})
+
     # The multitask TFRS model, exported with its serving signatures.
     trainer = tfx.components.Trainer(
         run_fn="trainer.run.run_fn",
         examples=examples,
         transform_graph=transform.outputs["transform_graph"],
+        hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
         custom_config={"hparams": dict(config.hparams),
                        "code": configs.code_fingerprint(*configs.TRAINER_CODE)})
     model = trainer.outputs["model"]
@@ -107,8 +119,8 @@ def create_pipeline(config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, schema_gate,
-                    transform, trainer, latest_blessed, evaluator, retrieval_evaluator,
-                    pusher],
+                    transform, *([tuner] if tuner else []), trainer, latest_blessed,
+                    evaluator, retrieval_evaluator, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=tfx.orchestration.metadata
         .sqlite_metadata_connection_config(config.metadata_path),

@@ -247,14 +247,7 @@ class Signature:
             where = f"instances[{i}]"
             if isinstance(instance, dict) and not _is_b64(instance) and (
                     not self._takes_examples or set(instance) == {EXAMPLES_INPUT}):
-                missing = [n for n in names if n not in instance]
-                unknown = sorted(set(instance) - set(names))
-                if unknown:
-                    raise RequestError(f"{where}: unknown input {unknown[0]!r} for signature "
-                                       f"{self.name!r} (inputs: {', '.join(names)})")
-                if missing:
-                    raise RequestError(f"{where}: missing input {missing[0]!r} for signature "
-                                       f"{self.name!r}")
+                self._check_input_names(instance, names, f"{where}: ")
                 for n in names:
                     columns[n].append(self._example_value(instance[n], where))
             elif self._single_input is not None:
@@ -270,18 +263,21 @@ class Signature:
                                     f"instances: input {n!r}")
         return feeds
 
+    def _check_input_names(self, given: dict, names: list, where: str) -> None:
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise RequestError(f"{where}unknown input {unknown[0]!r} for signature "
+                               f"{self.name!r} (inputs: {', '.join(names)})")
+        missing = [n for n in names if n not in given]
+        if missing:
+            raise RequestError(f"{where}missing input {missing[0]!r} for signature "
+                               f"{self.name!r}")
+
     def _columnar_feeds(self, inputs) -> dict:
         names = list(self.inputs)
         if isinstance(inputs, dict) and not _is_b64(inputs) and not (
                 self._takes_examples and set(inputs) != {EXAMPLES_INPUT}):
-            missing = [n for n in names if n not in inputs]
-            unknown = sorted(set(inputs) - set(names))
-            if unknown:
-                raise RequestError(f"unknown input {unknown[0]!r} for signature "
-                                   f"{self.name!r} (inputs: {', '.join(names)})")
-            if missing:
-                raise RequestError(f"missing input {missing[0]!r} for signature "
-                                   f"{self.name!r}")
+            self._check_input_names(inputs, names, "")
             values = inputs
         elif self._single_input is not None:
             values = {self._single_input: inputs}

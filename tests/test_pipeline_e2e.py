@@ -166,3 +166,21 @@ def test_a_worse_model_is_not_blessed_and_not_pushed(first_run, ml100k_dir, caps
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["blessed"] is False and metrics["pushed_model"] is None
     assert metrics["blessing_reason"].startswith(("rating:", "retrieval:"))
+
+
+def test_tune_feeds_the_trainer_the_best_hyperparameters(tmp_path, ml100k_dir, capsys):
+    from trainer.tuning import SEARCH_SPACE
+
+    out = tmp_path / "tuned"
+    rc = cli.main(["tune", "--data-dir", str(ml100k_dir), "--output-dir", str(out),
+                   "--trials", "2", "--epochs", "1", "--batch-size", "256",
+                   "--rmse-upper-bound", "2.0"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and "Tuner" in printed
+    line = next(l for l in printed.splitlines() if l.startswith("tuned hyperparameters: "))
+    tuned = json.loads(line.split(": ", 1)[1])
+    assert set(tuned) == set(SEARCH_SPACE)
+    assert all(tuned[k] in SEARCH_SPACE[k] for k in tuned)
+    training = json.loads(next((out / "pipeline" / "Trainer" / "model_run").glob(
+        "*/training.json")).read_text())
+    assert all(training["hparams"][k] == tuned[k] for k in tuned)  # the Trainer used them

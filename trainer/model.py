@@ -342,6 +342,8 @@ class MovieRecModel(tfrs.Model):
         self.retrieval_task = tfrs.tasks.Retrieval(
             temperature=hp.temperature if hp.temperature != 1.0 else None,
             remove_accidental_hits=hp.remove_accidental_hits)
+        # per-task losses in the logs (retrieval_loss is summed over the batch, as TFRS does)
+        self.retrieval_loss_tracker = tf.keras.metrics.Mean(name="retrieval_loss")
         self.rating_task = tfrs.tasks.Ranking(
             loss=tf.keras.losses.MeanSquaredError(),
             metrics=[tf.keras.metrics.RootMeanSquaredError(name="rmse")])
@@ -360,6 +362,7 @@ class MovieRecModel(tfrs.Model):
         if self.hp.remove_accidental_hits:
             kwargs["candidate_ids"] = movie
         retrieval_loss = self.retrieval_task(q, c, compute_metrics=False, **kwargs)
+        self.retrieval_loss_tracker.update_state(retrieval_loss)
         labels = tf.reshape(features[F.RATING_XF], [-1])
         rating_loss = self.rating_task(labels=labels, predictions=rating)
         if len(self.rating_model.heads) > 1:  # train each head on its own error

@@ -105,14 +105,6 @@ def split_validation(columns: dict, fraction: float, seed: int):
             {k: v[order[:cut]] for k, v in columns.items()})
 
 
-def _dataset(columns: dict, hp: HParams, shuffle: bool):
-    ds = tf.data.Dataset.from_tensor_slices(columns)
-    if shuffle:
-        n = len(next(iter(columns.values())))
-        ds = ds.shuffle(min(n, 1_000_000), seed=hp.seed, reshuffle_each_iteration=True)
-    return ds.batch(hp.batch_size).prefetch(tf.data.AUTOTUNE)
-
-
 class _LogEpochs(tf.keras.callbacks.Callback):
     """One log line per epoch (the CLI sends logs to the run's log file)."""
 
@@ -143,9 +135,10 @@ class _AverageWeights(tf.keras.callbacks.Callback):
                 variable.assign(total / self._count)
 
 
-def fit(train: dict, vocab: Vocab, hp: HParams, validation: dict | None = None,
-        callbacks=()):
-    """Builds and trains the multitask model on transformed columns."""
+def build_model(train: dict, vocab: Vocab, hp: HParams):
+    """(compiled multitask model, rating count per movie_id_xf): the model gets the
+    statistics it needs from the training rows (movie sampling probabilities for logQ,
+    users' histories, the mean rating)."""
     tf.keras.utils.set_random_seed(hp.seed)
     counts = np.bincount(train[F.MOVIE_ID_XF], minlength=vocab.sizes[F.MOVIE_ID_XF])
     log_prob = np.log((counts + 1.0) / (counts.sum() + len(counts)))
@@ -155,13 +148,29 @@ def fit(train: dict, vocab: Vocab, hp: HParams, validation: dict | None = None,
                           mean_rating=float(np.mean(train[F.RATING_XF])), history=history)
     steps_per_epoch = -(-len(train[F.RATING_XF]) // hp.batch_size)
     model.compile(optimizer=hp.make_optimizer(steps_per_epoch))
-    dataset = _dataset(train, hp, shuffle=True)
+    return model, counts
+
+
+def training_dataset(columns: dict, hp: HParams, shuffle: bool = True):
+    ds = tf.data.Dataset.from_tensor_slices(columns)
+    if shuffle:
+        n = len(next(iter(columns.values())))
+        ds = ds.shuffle(min(n, 1_000_000), seed=hp.seed, reshuffle_each_iteration=True)
+    return ds.batch(hp.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def fit(train: dict, vocab: Vocab, hp: HParams, validation: dict | None = None,
+        callbacks=()):
+    """Builds and trains the multitask model on transformed columns."""
+    model, counts = build_model(train, vocab, hp)
+    dataset = training_dataset(train, hp)
     steps = {}
     if hp.max_steps:
         dataset, steps = dataset.repeat(), {"steps_per_epoch": hp.max_steps}
     history = model.fit(
         dataset, epochs=1 if hp.max_steps else hp.epochs, verbose=0, **steps,
-        validation_data=_dataset(validation, hp, shuffle=False) if validation else None,
+        validation_data=training_dataset(validation, hp, shuffle=False) if validation
+        else None,
         callbacks=[_LogEpochs()] + list(callbacks)
         + ([_AverageWeights(hp.average_epochs, hp.epochs)] if hp.average_epochs > 1 else []))
     return model, counts, history.history
@@ -200,10 +209,17 @@ def _split_dir(train_files, split: str) -> str:
     return os.path.join(os.path.dirname(train_dir), f"Split-{split}")
 
 
+def hparams_for(fn_args) -> HParams:
+    """The pipeline's hyperparameters, overridden by the Tuner's best ones when given."""
+    values = dict((fn_args.custom_config or {}).get("hparams") or {})
+    tuned = fn_args.hyperparameters or {}
+    values.update(tuned.get("values", {}))
+    return HParams.from_dict(values)
+
+
 def run_fn(fn_args):
     """TFX Trainer entry point."""
-    config = fn_args.custom_config or {}
-    hp = HParams.from_dict(config.get("hparams"))
+    hp = hparams_for(fn_args)
     train_and_export(
         fn_args.train_files, _split_dir(fn_args.train_files, "catalog"),
         fn_args.transform_output, fn_args.serving_model_dir, hp,
