@@ -7,8 +7,9 @@ side by side, from one invocation.
 Rows (all on the same seeded random 80/20 split, top-K over the full catalog):
   most popular      the train split's most rated movies for everyone; global-mean RMSE
   seeds (published) the numbers the seeds report (TFRS multitask, 3 epochs)
-  seeds' recipe     our pipeline with the seeds' settings: 3 epochs, batch 2048, Adagrad 0.1,
-                    loss weights 0.5/0.5, 32-d embeddings, shared rating head, no logQ
+  seeds' recipe     our pipeline with the seeds' settings: 3 epochs, batch 2048, Adagrad 0.1
+                    (constant), loss weights 0.5/0.5, 32-d embeddings, shared rating head, no
+                    logQ, no user history (our side features stay in the towers)
   movierec default  `movierec run` with no options
 With --folds, also the mean RMSE of the default over ml-100k's five predefined folds u1..u5
 (for comparison with published tables). Every pipeline row is a real `movierec run`
@@ -34,7 +35,8 @@ SEEDS_PUBLISHED = {"top_10_accuracy": 0.0255, "top_100_accuracy": 0.248, "rmse":
 SEEDS_RECIPE = {"epochs": 3, "batch_size": 2048, "optimizer": "adagrad", "learning_rate": 0.1,
                 "retrieval_weight": 0.5, "rating_weight": 0.5, "embedding_dim": 32,
                 "rating_tower": "shared", "logq_correction": False,
-                "remove_accidental_hits": False, "dropout": 0.0}
+                "remove_accidental_hits": False, "dropout": 0.0, "lr_schedule": "constant",
+                "history_len": 0, "session_tau": 0.0, "history_ratings": False}
 KS = (1, 5, 10, 50, 100)
 
 
