@@ -370,13 +370,7 @@ def main(argv=None) -> int:
     from pipeline.metadata import MetadataError
 
     try:
-        rc = args.func(args)
-        # Free TensorFlow's functions while their modules still exist: at interpreter exit
-        # their destructors otherwise print "Exception ignored in AtomicFunction.__del__".
-        import gc
-
-        gc.collect()
-        return rc
+        return args.func(args)
     except (UserError, DataError, MetadataError) as e:
         print(f"movierec: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2 if not isinstance(e, UserError) or "full log" not in str(e) else 1
@@ -385,5 +379,15 @@ def main(argv=None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The console script: main(), then exit at once. TensorFlow's function objects would
+    otherwise print "Exception ignored in AtomicFunction.__del__" noise while the
+    interpreter tears down after a pipeline run; everything is written and flushed by then."""
+    rc = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
