@@ -35,25 +35,26 @@ def add_commands(sub) -> None:
     serve.add_argument("--ready-file", help=argparse.SUPPRESS)  # "HOST PORT" once listening
     serve.set_defaults(func=cmd_serve)
 
-    recommend = sub.add_parser("recommend", help="top movies for a user, from a pushed model")
-    recommend.add_argument("--model", default=DEFAULT_MODEL,
-                           help="a SavedModel version dir, or a serving base (its newest "
-                           f"version); default {DEFAULT_MODEL}")
-    recommend.add_argument("--user", required=True, help="user id")
+    recommend = _query_parser(sub, "recommend", "top movies for a user, from a pushed model")
     recommend.add_argument("-k", type=int, default=10, help="how many movies (1..100)")
-    recommend.add_argument("--json", action="store_true", help="one JSON object")
     recommend.set_defaults(func=cmd_recommend)
 
-    rate = sub.add_parser("rate", help="predicted rating of a movie by a user")
-    rate.add_argument("--model", default=DEFAULT_MODEL,
-                      help="a SavedModel version dir, or a serving base (its newest "
-                      f"version); default {DEFAULT_MODEL}")
-    rate.add_argument("--user", required=True, help="user id")
+    rate = _query_parser(sub, "rate", "predicted rating of a movie by a user")
     rate.add_argument("--movie", required=True,
                       help="movie id, or title (exact, case-insensitive, else a unique "
                       "part of one)")
-    rate.add_argument("--json", action="store_true", help="one JSON object")
     rate.set_defaults(func=cmd_rate)
+
+
+def _query_parser(sub, name: str, help_text: str):
+    """A subcommand that asks a pushed model about one user: --model, --user, --json."""
+    parser = sub.add_parser(name, help=help_text)
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="a SavedModel version dir, or a serving base (its newest "
+                        f"version); default {DEFAULT_MODEL}")
+    parser.add_argument("--user", required=True, help="user id")
+    parser.add_argument("--json", action="store_true", help="one JSON object")
+    return parser
 
 
 # -------------------------------------------------------------------------------- serve

@@ -5,9 +5,7 @@ import fcntl
 import os
 import zipfile
 
-import pytest
 
-from components.movielens_example_gen import synth
 from pipeline import cli
 
 

@@ -1,6 +1,5 @@
 """The committed curated schemas are the generator's output and cover every raw feature."""
 
-import pathlib
 
 import pytest
 from google.protobuf import text_format
