@@ -31,16 +31,8 @@ class HParams:
     # retrieval loss (summed over the batch by TFRS) cannot drown the rating loss.
     rating_tower: str = "separate"
     dropout: float = 0.3
-    # Add the dot product of the rating towers' embeddings (biased MF) to the MLP's output.
-    rating_dot: bool = False
-    # Weight of the squared norms of the rating path's embeddings and biases of each batch.
-    rating_l2: float = 0.0
     # Independent rating heads averaged (an ensemble inside the model; "separate" only).
     rating_heads: int = 1
-    # Query features the separate rating tower leaves out.
-    rating_drop_features: Sequence[str] = ()
-    # Average the weights of the last N epochs (stochastic weight averaging; 0: off).
-    average_epochs: int = 0
     retrieval_weight: float = 1.0
     rating_weight: float = 1.0
     # Correct in-batch negatives for their sampling probability (logQ), so the model does
@@ -76,9 +68,6 @@ class HParams:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown hyperparameters: {', '.join(unknown)}")
-        if isinstance(values.get("rating_drop_features"), str):
-            values["rating_drop_features"] = tuple(
-                v.strip() for v in values["rating_drop_features"].split(",") if v.strip())
         for name in ("query_layers", "candidate_layers", "rating_layers"):
             if name in values and isinstance(values[name], str):
                 values[name] = tuple(int(v) for v in values[name].split(",") if v.strip())
@@ -231,8 +220,8 @@ class _Tower(tf.keras.layers.Layer):
         return self._project(tf.concat(parts, axis=1), training=training)
 
 
-def query_tower(vocab: Vocab, hp: HParams, name="query_tower", history=None, keys=F.QUERY_XF):
-    return _Tower(keys, vocab, hp, hp.query_layers,
+def query_tower(vocab: Vocab, hp: HParams, name="query_tower", history=None):
+    return _Tower(F.QUERY_XF, vocab, hp, hp.query_layers,
                   main_keys=(F.USER_ID_XF, F.TIMESTAMP_BUCKET_XF), name=name,
                   history=history if hp.history_len else None)
 
@@ -272,9 +261,7 @@ class _RatingHead(tf.keras.layers.Layer):
         super().__init__(name=name)
         self._separate = hp.rating_tower == "separate"
         if self._separate:
-            keys = tuple(k for k in F.QUERY_XF if k not in hp.rating_drop_features)
-            self.query = query_tower(vocab, hp, name="rating_query_tower", history=history,
-                                     keys=keys)
+            self.query = query_tower(vocab, hp, name="rating_query_tower", history=history)
             self.candidate = candidate_tower(vocab, hp, name="rating_candidate_tower")
             self.user_bias = tf.keras.layers.Embedding(
                 vocab.sizes[F.USER_ID_XF], 1, embeddings_initializer="zeros", name="user_bias")
@@ -282,7 +269,6 @@ class _RatingHead(tf.keras.layers.Layer):
                 vocab.sizes[F.MOVIE_ID_XF], 1, embeddings_initializer="zeros",
                 name="movie_bias")
         self.head = _mlp(hp.rating_layers, 1, hp, name=f"{name}_mlp")
-        self._dot = hp.rating_dot
         self.mean_rating = float(mean_rating)
 
     def call(self, features, query_embedding, candidate_embedding, training=False):
@@ -292,17 +278,10 @@ class _RatingHead(tf.keras.layers.Layer):
         x = tf.concat([query_embedding, candidate_embedding,
                        query_embedding * candidate_embedding], axis=1)
         rating = self.head(x, training=training)[:, 0] + self.mean_rating
-        if self._dot:
-            rating += tf.reduce_sum(query_embedding * candidate_embedding, axis=1)
-        penalty = (tf.reduce_sum(query_embedding ** 2, axis=1)
-                   + tf.reduce_sum(candidate_embedding ** 2, axis=1))
         if self._separate:
-            user_bias = self.user_bias(tf.reshape(features[F.USER_ID_XF], [-1]))[:, 0]
-            movie_bias = self.movie_bias(tf.reshape(features[F.MOVIE_ID_XF], [-1]))[:, 0]
-            rating += user_bias + movie_bias
-            penalty += user_bias ** 2 + movie_bias ** 2
-        # MF-style regularization: only the users and movies of this batch are shrunk.
-        return rating, tf.reduce_mean(penalty)
+            rating += self.user_bias(tf.reshape(features[F.USER_ID_XF], [-1]))[:, 0]
+            rating += self.movie_bias(tf.reshape(features[F.MOVIE_ID_XF], [-1]))[:, 0]
+        return rating
 
 
 class RatingModel(tf.keras.layers.Layer):
@@ -316,10 +295,9 @@ class RatingModel(tf.keras.layers.Layer):
                       for i in range(count)]
 
     def call(self, features, query_embedding, candidate_embedding, training=False):
-        outputs = [h(features, query_embedding, candidate_embedding, training=training)
-                   for h in self.heads]
-        self.members = tf.stack([o[0] for o in outputs], axis=1)  # [batch, heads]
-        self.penalty = tf.add_n([o[1] for o in outputs]) / len(outputs)
+        self.members = tf.stack(  # [batch, heads]
+            [h(features, query_embedding, candidate_embedding, training=training)
+             for h in self.heads], axis=1)
         return tf.reduce_mean(self.members, axis=1)
 
 
@@ -367,7 +345,5 @@ class MovieRecModel(tfrs.Model):
         rating_loss = self.rating_task(labels=labels, predictions=rating)
         if len(self.rating_model.heads) > 1:  # train each head on its own error
             rating_loss = tf.reduce_mean((self.rating_model.members - labels[:, None]) ** 2)
-        if self.hp.rating_l2:
-            rating_loss += self.hp.rating_l2 * self.rating_model.penalty
         return (self.hp.retrieval_weight * retrieval_loss
                 + self.hp.rating_weight * rating_loss)

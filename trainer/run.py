@@ -114,27 +114,6 @@ class _LogEpochs(tf.keras.callbacks.Callback):
             " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items())))
 
 
-class _AverageWeights(tf.keras.callbacks.Callback):
-    """Stochastic weight averaging: the mean of the trainable weights after each of the
-    last `last` epochs replaces the final weights."""
-
-    def __init__(self, last: int, epochs: int):
-        super().__init__()
-        self._first, self._sum, self._count = max(epochs - last, 0), None, 0
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch < self._first:
-            return
-        values = [v.numpy() for v in self.model.trainable_variables]
-        self._sum = values if self._sum is None else [a + b for a, b in zip(self._sum, values)]
-        self._count += 1
-
-    def on_train_end(self, logs=None):
-        if self._count > 1:
-            for variable, total in zip(self.model.trainable_variables, self._sum):
-                variable.assign(total / self._count)
-
-
 def build_model(train: dict, vocab: Vocab, hp: HParams):
     """(compiled multitask model, rating count per movie_id_xf): the model gets the
     statistics it needs from the training rows (movie sampling probabilities for logQ,
@@ -171,8 +150,7 @@ def fit(train: dict, vocab: Vocab, hp: HParams, validation: dict | None = None,
         dataset, epochs=1 if hp.max_steps else hp.epochs, verbose=0, **steps,
         validation_data=training_dataset(validation, hp, shuffle=False) if validation
         else None,
-        callbacks=[_LogEpochs()] + list(callbacks)
-        + ([_AverageWeights(hp.average_epochs, hp.epochs)] if hp.average_epochs > 1 else []))
+        callbacks=[_LogEpochs()] + list(callbacks))
     return model, counts, history.history
 
 
