@@ -144,7 +144,7 @@ def _hparams(args) -> dict:
         if not sep:
             raise UserError(f"--hparam expects KEY=VALUE, got {item!r}")
         values[key.strip()] = json.loads(value) if value[:1] in "[{\"" else value
-    for key in ("epochs", "batch_size", "learning_rate", "embedding_dim", "optimizer"):
+    for key in ("epochs", "batch_size", "learning_rate", "embedding_dim", "optimizer", "index"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     # Cast through HParams so that typos and bad values fail before the pipeline starts.
@@ -306,6 +306,9 @@ def _add_run_arguments(run) -> None:
     run.add_argument("--learning-rate", type=float)
     run.add_argument("--embedding-dim", type=int)
     run.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"))
+    run.add_argument("--index", choices=("brute_force", "scann"),
+                     help="retrieval index of the exported model (default brute_force; "
+                     "scann for large catalogs)")
     run.add_argument("--hparam", action="append", metavar="KEY=VALUE",
                      help="any trainer.model.HParams field, e.g. rating_weight=0.5")
     run.add_argument("--rmse-upper-bound", type=float,

@@ -89,9 +89,8 @@ def _load(path: str):
     version that loads (a broken newer one is named on stderr)."""
     import os
 
-    import tensorflow as tf
-
     from pipeline.cli import UserError, resolve_model_dir
+    from serving.model import load_saved_model
 
     nested = os.path.join(path, "movierec")  # a serving base given for its model's base
     if not os.path.isfile(os.path.join(path, "saved_model.pb")) and os.path.isdir(nested) \
@@ -107,7 +106,7 @@ def _load(path: str):
     failures = []
     for model_dir in candidates:
         try:
-            model = tf.saved_model.load(model_dir)
+            model = load_saved_model(model_dir)
         except Exception as e:  # noqa: BLE001 - one line for the user
             failures.append((model_dir, (str(e).strip() or type(e).__name__).splitlines()[0]))
             continue

@@ -452,7 +452,7 @@ class ServedModel:
     @classmethod
     def load(cls, path: str, version: int, warm_up: bool = True) -> "ServedModel":
         defs = _signature_defs(path)
-        module = tf.saved_model.load(path)
+        module = load_saved_model(path)
         signatures = {name: Signature(name, fn, defs.get(name, {}))
                       for name, fn in module.signatures.items()}
         if not signatures:
@@ -471,6 +471,16 @@ class ServedModel:
                 "signature_def": {name: sig.signature_def
                                   for name, sig in sorted(self.signatures.items())}}},
         }
+
+
+def load_saved_model(path: str):
+    """tf.saved_model.load, with ScaNN's ops registered first (models exported with
+    `--index scann` need them; TFRS is not imported here, to keep the server light)."""
+    try:
+        import scann  # noqa: F401
+    except ImportError:
+        pass
+    return tf.saved_model.load(path)
 
 
 # ------------------------------------------------------------------------ the catalog

@@ -33,7 +33,9 @@ _SPEC = F.raw_feature_spec((F.QUERY_FEATURES[0], F.QUERY_FEATURES[1],
 
 
 def load_serving_model(path: str):
-    return tf.saved_model.load(path)
+    from trainer import export
+
+    return export.load(path)
 
 
 def serialized_batches(files, batch_size: int = 2048, max_examples: int = 0, seed: int = 0):

@@ -26,6 +26,37 @@ from trainer import features as F
 
 DEFAULT_K = 10
 MAX_K = 100
+INDEXES = ("brute_force", "scann")
+
+
+def make_index(kind: str, embeddings, identifiers, k: int):
+    """The retrieval index over candidate embeddings: exact brute force (default), or
+    ScaNN (approximate, for large catalogs; tuned for recall@10 >= 0.95)."""
+    if kind == "brute_force":
+        index = tfrs.layers.factorized_top_k.BruteForce(k=k)
+    elif kind == "scann":
+        import scann  # noqa: F401 - registers ScaNN's TensorFlow ops
+
+        n = int(embeddings.shape[0])
+        leaves = max(1, min(2000, int(np.sqrt(n))))
+        # a tenth of the partitions, but always enough of them to hold k movies
+        search = min(leaves, max(leaves // 10, int(np.ceil(2 * k * leaves / n))))
+        index = tfrs.layers.factorized_top_k.ScaNN(
+            k=k, num_leaves=leaves, num_leaves_to_search=search,
+            num_reordering_candidates=max(k, 200))
+    else:
+        raise ValueError(f"unknown index {kind!r} ({', '.join(INDEXES)})")
+    index.index(tf.constant(embeddings), tf.constant(identifiers, tf.int64))
+    return index
+
+
+def load(path: str):
+    """Loads an exported model (ScaNN's ops are registered first when it is installed)."""
+    try:
+        import scann  # noqa: F401
+    except ImportError:
+        pass
+    return tf.saved_model.load(path)
 
 
 def _string_matrix(rows, width):
@@ -37,7 +68,8 @@ def _string_matrix(rows, width):
 
 
 class MovieRecExport(tf.Module):
-    def __init__(self, model, tft_layer, catalog: dict, users: dict, popularity: np.ndarray):
+    def __init__(self, model, tft_layer, catalog: dict, users: dict, popularity: np.ndarray,
+                 index: str = "brute_force"):
         """catalog: raw movie columns (F.MOVIE_FEATURES; genres a list per movie);
         users: raw user columns (F.USER_ID + F.USER_SIDE_FEATURES);
         popularity: training rating count per catalog row."""
@@ -63,8 +95,10 @@ class MovieRecExport(tf.Module):
         movie_xf = self._transform(self._raw_movies(tf.range(n, dtype=tf.int64)))
         embeddings = self.candidate_tower(movie_xf, training=False)
         self._top = min(MAX_K, n)  # tiny catalogs have fewer than MAX_K movies
-        self.index = tfrs.layers.factorized_top_k.BruteForce(k=self._top)
-        self.index.index(embeddings, tf.range(n, dtype=tf.int64))
+        self.index_kind = index
+        self.index = make_index(index, embeddings, np.arange(n), self._top)
+        self.candidate_embeddings = tf.Variable(embeddings, trainable=False,
+                                                name="candidate_embeddings")
 
         # --- popular movies, the answer for users never seen in training ---
         popularity = np.asarray(popularity, dtype=np.float64)
@@ -154,7 +188,7 @@ class MovieRecExport(tf.Module):
     def score_catalog(self, user_id, timestamp):
         """Scores of every catalog movie (for evaluation): [batch, catalog]."""
         query, known = self._query_embedding(user_id, self._now_if_unset(timestamp))
-        return {"scores": tf.matmul(query, self.index._candidates, transpose_b=True),
+        return {"scores": tf.matmul(query, self.candidate_embeddings, transpose_b=True),
                 "known_user": known}
 
     def _rate(self, raw):
@@ -191,4 +225,6 @@ def save(module: MovieRecExport, path: str):
         "rate": module.rate.get_concrete_function(),
         "score_catalog": module.score_catalog.get_concrete_function(),
     }
-    tf.saved_model.save(module, path, signatures=signatures)
+    options = tf.saved_model.SaveOptions(
+        namespace_whitelist=["Scann"] if module.index_kind == "scann" else None)
+    tf.saved_model.save(module, path, signatures=signatures, options=options)

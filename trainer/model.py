@@ -57,6 +57,9 @@ class HParams:
     # Also pool the history weighted by the user's (centred) ratings: likes and dislikes.
     history_ratings: bool = True
     timestamp_buckets: int = F.DEFAULT_TIMESTAMP_BUCKETS
+    # Retrieval index in the exported model: "brute_force" (exact) or "scann" (approximate,
+    # for catalogs of tens of thousands of movies and more).
+    index: str = "brute_force"
     # Share of the training split held out to watch (never the eval split).
     validation_fraction: float = 0.0
     seed: int = 42
@@ -73,6 +76,8 @@ class HParams:
                 values[name] = tuple(int(v) for v in values[name].split(",") if v.strip())
             elif name in values:
                 values[name] = tuple(int(v) for v in values[name])
+        if values.get("index", "brute_force") not in ("brute_force", "scann"):
+            raise ValueError("index must be 'brute_force' or 'scann'")
         if values.get("rating_tower", "separate") not in ("shared", "separate"):
             raise ValueError("rating_tower must be 'shared' or 'separate'")
         return cls(**values)

@@ -166,7 +166,7 @@ def train_and_export(train_files, catalog_files, transform_output: str, serving_
     model, counts, history = fit(train, vocab, hp, validation)
     catalog, catalog_xf_ids = load_catalog(tfrecord_files(catalog_files), tft_layer)
     module = export.MovieRecExport(model, tft_layer, catalog, users,
-                                   popularity=counts[catalog_xf_ids])
+                                   popularity=counts[catalog_xf_ids], index=hp.index)
     export.save(module, serving_dir)
     history = {k: [float(x) for x in v] for k, v in history.items()}
     summary = {"history": history, "hparams": json.loads(hp.to_json()),
