@@ -251,36 +251,30 @@ def resolve_model_dir(path: str) -> str:
     return os.path.join(path, str(versions[-1]))
 
 
-def cmd_evaluate(args) -> int:
-    """Metrics of a pushed model on ratings from outside the pipeline."""
+def _example_batches(data_dir: str, file_name: str | None, size: int = 2048):
+    """Batches of serialized, joined rating examples of a MovieLens ratings file."""
     import itertools
 
     import tensorflow as tf
 
     from components.movielens_example_gen.executor import rating_examples
+
+    examples = (e.SerializeToString() for e in rating_examples(data_dir, None, file_name))
+    while chunk := list(itertools.islice(examples, size)):
+        yield tf.constant(chunk)
+
+
+def cmd_evaluate(args) -> int:
+    """Metrics of a pushed model on ratings from outside the pipeline."""
     from trainer import evaluation
-    from trainer import features as F
 
     model_dir = resolve_model_dir(args.model)
-    examples = (e.SerializeToString() for e in rating_examples(
-        args.data_dir, None, args.ratings_file))
     model = evaluation.load_serving_model(model_dir)
-
-    def batches():
-        while True:
-            chunk = list(itertools.islice(examples, 2048))
-            if not chunk:
-                return
-            yield tf.constant(chunk)
-
-    train_rated = None
-    if args.train_ratings_file:
-        train_rated = {}
-        for example in rating_examples(args.data_dir, None, args.train_ratings_file):
-            feature = example.features.feature
-            user = feature[F.USER_ID].bytes_list.value[0]
-            train_rated.setdefault(user, set()).add(feature[F.MOVIE_ID].bytes_list.value[0])
-    metrics = evaluation.evaluate(model, batches(), train_rated=train_rated)
+    train_rated = (evaluation.rated_movies(_example_batches(args.data_dir,
+                                                            args.train_ratings_file))
+                   if args.train_ratings_file else None)
+    metrics = evaluation.evaluate(model, _example_batches(args.data_dir, args.ratings_file),
+                                  train_rated=train_rated)
     metrics["model"] = model_dir
     if args.json:
         print(json.dumps(metrics, sort_keys=True))
