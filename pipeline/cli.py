@@ -12,10 +12,16 @@ import os
 import sys
 import time
 
+_PROCESS_START = time.time()  # a run's wall time counts the imports too
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide CUDA-probe noise on CPU hosts
 
 DEFAULT_DATASET = "ml-100k"
+# Modules that add subcommands of their own (each has add_commands(subparsers)).
+_COMMAND_MODULES = ("serving.commands",  # serve / recommend / rate
+                    "pipeline.kubeflow",  # export-dag
+                    "pipeline.report",  # report
+                    "components.movielens_example_gen.synth")  # synth
 
 
 class UserError(Exception):
@@ -180,9 +186,8 @@ def _print_summary(summary: dict, out):
 
 # ---------------------------------------------------------------------------- commands
 def cmd_run(args) -> int:
-    from pipeline import configs
-
     from components.movielens_example_gen.executor import ratings_sources
+    from pipeline import configs
 
     output_dir = os.path.abspath(args.output_dir)
     hparams = _hparams(args)
@@ -193,13 +198,18 @@ def cmd_run(args) -> int:
     data_dir = _resolve_data_dir(args)
     from components.movielens_example_gen import movielens
 
+    # Bad input fails here with one line and exit 2, before TFX starts or OUT is touched
+    # (the whole files are checked again as ExampleGen streams them).
+    layout = movielens.preflight(data_dir, None,
+                                 [name for name, _ in ratings_sources(args.split)])
     config = configs.PipelineConfig(
-        data_dir=data_dir, output_dir=output_dir, layout=movielens.detect_layout(data_dir),
+        data_dir=data_dir, output_dir=output_dir, layout=layout,
         split=args.split, seed=args.seed, hparams=hparams,
         beam_workers=args.beam_workers,
         beam_pipeline_args=tuple(args.beam_pipeline_args.split()) if args.beam_pipeline_args
         else (),
         enable_cache=not args.no_cache, tune_trials=getattr(args, "trials", 0),
+        warm_start=args.warm_start,
         **({"rmse_upper_bound": args.rmse_upper_bound} if args.rmse_upper_bound else {}))
     with _output_lock(output_dir):
         from pipeline import local_runner, metadata
@@ -208,14 +218,21 @@ def cmd_run(args) -> int:
                                 time.strftime("run-%Y%m%d-%H%M%S.log"))
         print(f"movierec: {config.layout} from {data_dir} -> {output_dir} "
               f"(full log: {log_path})", flush=True)
+        closed = metadata.close_interrupted(config.metadata_path)
+        if closed:
+            print(f"an earlier run was interrupted: {closed} unfinished execution(s) marked "
+                  f"canceled in ML Metadata", flush=True)
         progress = _Progress(sys.stdout)
         started = time.time()
+        args.runs_before = metadata.run_count(config.metadata_path)
         with _run_logging(log_path, progress):
             try:
                 local_runner.run(config)
-            except Exception as e:  # noqa: BLE001 - reported as one line, logged in full
+            except Exception as e:
                 logging.getLogger("movierec").exception("run failed")
                 raise UserError(_one_line(e) + f" (full log: {log_path})") from e
+            finally:
+                _annotate(config, args)
         summary = metadata.run_metrics(metadata.connect(output_dir),
                                        metadata.find_run(metadata.connect(output_dir)))
         print(f"finished in {time.time() - started:.0f} s", flush=True)
@@ -226,17 +243,153 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _table(rows: list, columns: list, out=None) -> None:
+    """Rows of dicts as an aligned text table (columns: (header, key or function))."""
+    out = out or sys.stdout
+    cells = [[h for h, _ in columns]]
+    for row in rows:
+        cells.append([str(k(row) if callable(k) else
+                          ("-" if row.get(k) is None else row.get(k))) for _, k in columns])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _inspect_runs(store, args):
+    from pipeline import metadata
+
+    index = metadata._Index(store)
+    summaries = [metadata.run_summary(store, c, index) for c in metadata.runs(store)]
+    if args.json:
+        return summaries
+    for s in summaries:
+        print(f"run {s['run_id']}  {s['state']}  {s['start']} -> {s['end']}  "
+              f"wall {s['wall_seconds']} s  ({s['executed']} executed, {s['cached']} cached)")
+        _table(s["components"], [("  component", lambda c: "  " + str(c["component"])),
+                                 ("state", "state"), ("seconds", "seconds")])
+    return None
+
+
+def _inspect_artifacts(store, args):
+    from pipeline import metadata
+
+    rows = metadata.artifacts(store, args.run, args.type)
+    if args.json:
+        return rows
+    _table(rows, [("id", "id"), ("type", "type"), ("producer", "producer"),
+                  ("created", "created"), ("uri", "uri"),
+                  ("properties", lambda r: ", ".join(
+                      f"{k}={str(v)[:40]}" for k, v in sorted(r["properties"].items())
+                      if k not in ("tfx_version", "is_external", "state")))])
+    return None
+
+
+def _inspect_lineage(store, args):
+    from pipeline import metadata
+
+    if args.pushed:
+        if args.pushed != "latest":
+            raise UserError("--pushed takes 'latest'")
+        artifact = metadata.latest_pushed(store)
+        if artifact is None:
+            raise UserError("no model has been pushed yet")
+        artifact_id = artifact.id
+    elif args.artifact:
+        if not args.artifact.isdigit():
+            raise UserError(f"ARTIFACT is an artifact id (see `movierec inspect artifacts`), "
+                            f"got {args.artifact!r}")
+        artifact_id = int(args.artifact)
+    else:
+        raise UserError("give an artifact id or --pushed latest")
+    rows = metadata.lineage(store, artifact_id)
+    source = metadata.lineage_input(rows)
+    if args.json:
+        return {"artifact_id": artifact_id, "lineage": rows, "input": source}
+    for row in rows:
+        pad = "  " * row["depth"]
+        key = f"{row['input_key']}: " if row.get("input_key") else ""
+        props = row["properties"]
+        extra = ", ".join(f"{k}={props[k]}" for k in (
+            "pushed_destination", "blessed", "reason", "top_100_accuracy", "layout",
+            "input_fingerprint") if k in props)
+        print(f"{pad}{key}{row['type']} #{row['id']} <- {row['producer'] or '(imported)'}"
+              f"{' (see above)' if row.get('repeat') else ''}  {row['uri']}"
+              + (f"  [{extra}]" if extra and not row.get("repeat") else ""))
+    if source:
+        print(f"input data: {source['input_dir']} (layout {source['layout']}, "
+              f"fingerprint {source['input_fingerprint']})")
+    return None
+
+
+def _inspect_metrics(store, args):
+    from pipeline import metadata
+
+    result = metadata.run_metrics(store, metadata.find_run(store, args.run, evaluated=True))
+    if args.json:
+        return result
+    _print_summary(result, sys.stdout)
+    return None
+
+
+def _inspect_diff(store, args):
+    from pipeline import metadata
+
+    if len(args.runs) != 2:
+        raise UserError("diff takes two run ids: movierec inspect diff RUN_A RUN_B")
+    result = metadata.diff(store, *args.runs)
+    if args.json:
+        return result
+    rows = [{"metric": k, **v} for k, v in result["metrics"].items() if k != "run_id"]
+    _table(rows, [("metric", "metric"), (result["run_a"], lambda r: _fmt(r["a"])),
+                  (result["run_b"], lambda r: _fmt(r["b"])),
+                  ("delta", lambda r: "" if "delta" not in r else f"{r['delta']:+.4f}")])
+    return None
+
+
+_INSPECT = {"runs": _inspect_runs, "artifacts": _inspect_artifacts,
+            "lineage": _inspect_lineage, "metrics": _inspect_metrics, "diff": _inspect_diff}
+
+
+def _annotate(config, args) -> None:
+    """Records the command's wall time and Beam args of the run just made in ML Metadata."""
+    from pipeline import metadata
+    from pipeline.pipeline import BEAM_COMPONENTS
+
+    if not os.path.isfile(config.metadata_path):
+        return
+    try:
+        metadata.annotate_run(
+            config.metadata_path,
+            {"wall_seconds": round(time.time() - args.started, 1),
+             "beam_pipeline_args": json.dumps(config.all_beam_args()),
+             "command": " ".join(["movierec", *args.argv])},
+            beam_components=BEAM_COMPONENTS, beam_args=config.all_beam_args(),
+            runs_before=args.runs_before)
+    except Exception:
+        logging.getLogger("movierec").exception("could not annotate the run in ML Metadata")
+
+
 def cmd_inspect(args) -> int:
     from pipeline import metadata
 
-    store = metadata.connect(args.metadata or args.output_dir)
-    if args.what == "metrics":
-        result = metadata.run_metrics(store, metadata.find_run(store, args.run,
-                                                               evaluated=True))
-        if args.json:
-            print(json.dumps(result, sort_keys=True))
+    if args.what != "diff" and args.runs:
+        if args.what == "lineage" and len(args.runs) == 1:
+            args.artifact = args.runs[0]
         else:
-            _print_summary(result, sys.stdout)
+            raise UserError(f"inspect {args.what} takes no positional arguments "
+                            f"besides its own: {' '.join(args.runs)}")
+    store = metadata.connect(args.metadata or args.output_dir)
+    result = _INSPECT[args.what](store, args)
+    if result is not None:
+        print(json.dumps(result, sort_keys=True, default=str))
     return 0
 
 
@@ -311,6 +464,9 @@ def _add_run_arguments(run) -> None:
                      help="Beam multi-processing workers (default: in-process)")
     run.add_argument("--beam-pipeline-args", default="",
                      help="extra Beam pipeline args, space-separated")
+    run.add_argument("--warm-start", action="store_true",
+                     help="initialize the model from the latest blessed model (embeddings "
+                     "mapped through the vocabularies, so new data is fine)")
     run.add_argument("--no-cache", action="store_true",
                      help="re-execute every component instead of reusing cached results")
 
@@ -333,13 +489,23 @@ def build_parser() -> argparse.ArgumentParser:
     tune.set_defaults(func=cmd_run)
 
 
-    inspect = sub.add_parser("inspect", help="read runs and metrics from ML Metadata")
-    inspect.add_argument("what", choices=("metrics",))
+    inspect = sub.add_parser(
+        "inspect", help="runs, artifacts, lineage and metrics from ML Metadata",
+        description="runs: every pipeline run, each component executed or cached; "
+        "artifacts [--run ID] [--type T]; lineage ARTIFACT_ID | --pushed latest: from a "
+        "model back to the input data; metrics [--run ID]; diff RUN_A RUN_B.")
+    inspect.add_argument("what", choices=tuple(_INSPECT))
+    inspect.add_argument("runs", nargs="*", metavar="ID",
+                         help="diff: two run ids; lineage: an artifact id")
     inspect.add_argument("--output-dir", default="output")
     inspect.add_argument("--metadata", help="path of metadata.sqlite (overrides --output-dir)")
-    inspect.add_argument("--run", help="run id (default: the latest run that reached "
-                         "evaluation)")
-    inspect.add_argument("--json", action="store_true", help="one JSON object")
+    inspect.add_argument("--run", help="run id (metrics: default the latest run that "
+                         "reached evaluation; artifacts: only that run's)")
+    inspect.add_argument("--type", help="artifacts: only this type (e.g. Model, Examples)")
+    inspect.add_argument("--pushed", metavar="latest",
+                         help="lineage: of the latest pushed model")
+    inspect.add_argument("--json", action="store_true", help="JSON for scripts")
+    inspect.set_defaults(artifact=None)
     inspect.set_defaults(func=cmd_inspect)
     evaluate = sub.add_parser(
         "evaluate", help="metrics of a pushed model on ratings from outside the pipeline")
@@ -355,14 +521,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="one JSON object")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    from serving import commands as serving_commands  # serve / recommend / rate
+    import importlib
 
-    serving_commands.add_commands(sub)
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub)
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv=None, started: float | None = None) -> int:
+    """The CLI; `started`: when the command began (the console script passes the process
+    start, so that a run's recorded wall time includes the imports)."""
+    started = started or time.time()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "inspect" and not any(e.startswith("-") for e in extra):
+        args.runs += extra  # ids given after options: inspect diff --output-dir OUT A B
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.argv, args.started = argv, started
     from components.movielens_example_gen.movielens import DataError
     from pipeline.metadata import MetadataError
 
@@ -380,7 +557,7 @@ def entry() -> None:
     """The console script: main(), then exit at once. TensorFlow's function objects would
     otherwise print "Exception ignored in AtomicFunction.__del__" noise while the
     interpreter tears down after a pipeline run; everything is written and flushed by then."""
-    rc = main()
+    rc = main(started=_PROCESS_START)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(rc)

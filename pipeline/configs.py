@@ -39,11 +39,23 @@ class PipelineConfig:
     beam_workers: int = 0  # 0: Beam's default (in-process); N > 1: multi-processing
     beam_pipeline_args: Sequence[str] = ()
     enable_cache: bool = True
+    # The evaluators' baseline: the latest blessed model other than this run's candidate
+    # (False: TFX's LatestBlessedModelStrategy, which Kubeflow V2 requires).
+    baseline_excludes_candidate: bool = True
+    # Initialize the Trainer from the latest blessed model (trainer/warm_start.py).
+    warm_start: bool = False
+    # Paths as another machine sees them (Kubeflow: gs://..., the image's package root);
+    # empty: derived from output_dir and this checkout.
+    pipeline_root_override: str = ""
+    serving_dir_override: str = ""
+    package_root: str = ""
+    # The input data's fingerprint (cache key of ExampleGen); None: computed from data_dir.
+    input_fingerprint: str | None = None
     pipeline_name: str = PIPELINE_NAME
 
     @property
     def pipeline_root(self) -> str:
-        return os.path.join(self.output_dir, "pipeline")
+        return self.pipeline_root_override or os.path.join(self.output_dir, "pipeline")
 
     @property
     def metadata_path(self) -> str:
@@ -51,11 +63,14 @@ class PipelineConfig:
 
     @property
     def serving_dir(self) -> str:
-        return os.path.join(self.output_dir, "serving", MODEL_NAME)
+        return self.serving_dir_override or os.path.join(self.output_dir, "serving",
+                                                         MODEL_NAME)
 
     @property
     def schema_file(self) -> str:
-        return str(SCHEMA_DIR / f"{self.layout}.pbtxt")
+        relative = (SCHEMA_DIR / f"{self.layout}.pbtxt").relative_to(_REPO_PACKAGES)
+        return str(pathlib.PurePosixPath(self.package_root) / relative.as_posix()
+                   if self.package_root else _REPO_PACKAGES / relative)
 
     def all_beam_args(self) -> list[str]:
         args = list(self.beam_pipeline_args)
@@ -78,5 +93,6 @@ def code_fingerprint(*modules: str) -> str:
 
 
 TRANSFORM_CODE = ("trainer/features.py", "trainer/preprocessing.py")
-TRAINER_CODE = TRANSFORM_CODE + ("trainer/model.py", "trainer/run.py", "trainer/export.py")
+TRAINER_CODE = TRANSFORM_CODE + ("trainer/model.py", "trainer/run.py", "trainer/export.py",
+                                  "trainer/warm_start.py")
 TUNER_CODE = TRAINER_CODE + ("trainer/tuning.py",)

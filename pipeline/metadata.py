@@ -135,3 +135,301 @@ def best_hyperparameters(store, context=None) -> dict:
         return {}
     with open(os.path.join(artifacts[-1].uri, "best_hyperparameters.txt")) as f:
         return json.load(f).get("values", {})
+
+
+# ------------------------------------------------------------------ runs, artifacts, lineage
+_STATE_NAMES = {
+    metadata_store_pb2.Execution.COMPLETE: "executed",
+    metadata_store_pb2.Execution.CACHED: "cached",
+    metadata_store_pb2.Execution.FAILED: "failed",
+    metadata_store_pb2.Execution.RUNNING: "running",
+    metadata_store_pb2.Execution.NEW: "new",
+    metadata_store_pb2.Execution.CANCELED: "canceled",
+}
+NODE_CONTEXT = "node"
+# Annotations the movierec runner adds to a pipeline_run context (see annotate_run).
+RUN_ANNOTATIONS = ("wall_seconds", "beam_pipeline_args", "command")
+
+
+def _value(value):
+    kind = value.WhichOneof("value")
+    if kind is None or kind == "proto_value":
+        return None
+    if kind == "struct_value":
+        from google.protobuf import json_format
+        return json_format.MessageToDict(value.struct_value)
+    plain = getattr(value, kind)
+    if isinstance(plain, str) and plain.startswith('{"__value__"'):
+        try:  # TFX's JSON wrapping of some properties
+            plain = json.loads(plain)["__value__"]
+        except (ValueError, KeyError):
+            pass
+    return plain
+
+
+def properties(item) -> dict:
+    """Properties and custom properties of an artifact, execution or context, as plain
+    values (TFX-internal '__...' keys left out)."""
+    out = {}
+    for props in (item.properties, item.custom_properties):
+        for key, value in props.items():
+            if not key.startswith("__"):
+                plain = _value(value)
+                if plain is not None:
+                    out[key] = plain
+    return out
+
+
+class _Index:
+    """Lookups shared by one query: type names, executions' components and runs."""
+
+    def __init__(self, store):
+        self.store = store
+        self.artifact_types = {t.id: t.name for t in store.get_artifact_types()}
+        self._component, self._run = {}, {}
+
+    def _contexts(self, execution_id):
+        if execution_id not in self._component:
+            component = run = None
+            for context in self.store.get_contexts_by_execution(execution_id):
+                if context.type == NODE_CONTEXT:
+                    component = context.name.split(".", 1)[-1]
+                elif context.type == RUN_CONTEXT:
+                    run = context.name
+            self._component[execution_id], self._run[execution_id] = component, run
+        return self._component[execution_id], self._run[execution_id]
+
+    def component(self, execution_id):
+        return self._contexts(execution_id)[0]
+
+    def run(self, execution_id):
+        return self._contexts(execution_id)[1]
+
+    def producers(self, artifact_ids) -> dict:
+        """artifact id -> the execution id that output it."""
+        out = {}
+        for event in self.store.get_events_by_artifact_ids(list(artifact_ids)):
+            if event.type == metadata_store_pb2.Event.OUTPUT:
+                out.setdefault(event.artifact_id, event.execution_id)
+        return out
+
+    def artifact_row(self, artifact, producer_execution=None) -> dict:
+        return {"id": artifact.id, "type": self.artifact_types.get(artifact.type_id, "?"),
+                "uri": artifact.uri,
+                "producer": self.component(producer_execution) if producer_execution
+                else None,
+                "run": self.run(producer_execution) if producer_execution else None,
+                "created": _iso(artifact.create_time_since_epoch),
+                "state": metadata_store_pb2.Artifact.State.Name(artifact.state).lower(),
+                "properties": properties(artifact)}
+
+
+def _iso(millis: int) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(millis / 1000, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_summary(store, context, index: _Index | None = None) -> dict:
+    """One pipeline run: start/end, wall time, and each component's state (executed,
+    cached, failed, ...) with its own duration, in execution order."""
+    index = index or _Index(store)
+    executions = sorted(store.get_executions_by_context(context.id), key=lambda e: e.id)
+    components = [{
+        "component": index.component(e.id),
+        "state": _STATE_NAMES.get(e.last_known_state, "unknown"),
+        "seconds": round((e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000,
+                         3),
+        "execution_id": e.id,
+    } for e in executions]
+    states = {c["state"] for c in components}
+    annotations = properties(context)
+    start = min((e.create_time_since_epoch for e in executions),
+                default=context.create_time_since_epoch)
+    end = max((e.last_update_time_since_epoch for e in executions), default=start)
+    return {
+        "run_id": context.name,
+        "start": _iso(start), "end": _iso(end),
+        # the movierec runner records the whole command's wall time; other orchestrators
+        # leave the span of the executions
+        "wall_seconds": annotations.get("wall_seconds", round((end - start) / 1000, 1)),
+        "executions_seconds": round((end - start) / 1000, 1),
+        "state": ("failed" if "failed" in states else "interrupted" if "canceled" in states
+                  else "running" if "running" in states
+                  else "cached" if states == {"cached"} else "complete"),
+        "cached": sum(c["state"] == "cached" for c in components),
+        "executed": sum(c["state"] == "executed" for c in components),
+        "components": components,
+        **{k: annotations[k] for k in RUN_ANNOTATIONS if k in annotations and
+           k != "wall_seconds"},
+    }
+
+
+def artifacts(store, run_id: str | None = None, type_name: str | None = None) -> list:
+    """Artifacts (of one run and/or one type), oldest first, with their producer."""
+    index = _Index(store)
+    if run_id is not None:
+        found = run_artifacts(store, find_run(store, run_id), type_name)
+    elif type_name:
+        found = sorted(store.get_artifacts_by_type(type_name), key=lambda a: a.id)
+    else:
+        found = sorted(store.get_artifacts(), key=lambda a: a.id)
+    if type_name and type_name not in index.artifact_types.values():
+        raise MetadataError(f"no artifact type {type_name!r}; known: "
+                            + ", ".join(sorted(set(index.artifact_types.values()))))
+    producers = index.producers(a.id for a in found) if found else {}
+    return [index.artifact_row(a, producers.get(a.id)) for a in found]
+
+
+def latest_pushed(store):
+    """The newest PushedModel artifact that was actually pushed, or None."""
+    pushed = [a for a in store.get_artifacts_by_type("PushedModel") if custom(a, "pushed", 0)]
+    return max(pushed, key=lambda a: a.id) if pushed else None
+
+
+# Inputs that point at an earlier run's model: listed in a lineage, not followed.
+_BASELINE_KEYS = ("baseline_model",)
+_EVALUATION_TYPES = ("ModelEvaluation", "movierec.RetrievalEvaluation")
+
+
+def lineage(store, artifact_id: int) -> list:
+    """The chain that produced an artifact, depth first from it upstream: each artifact
+    with the component that produced it and the key by which its consumer read it. The
+    baseline model an evaluator compared against is listed but not followed (it belongs
+    to an earlier run's lineage); an artifact reached twice is listed once."""
+    index = _Index(store)
+    found = store.get_artifacts_by_id([int(artifact_id)])
+    if not found:
+        raise MetadataError(f"no artifact with id {artifact_id}")
+    rows, seen = [], set()
+
+    def visit(artifact, depth, input_key):
+        producer = index.producers([artifact.id]).get(artifact.id)
+        row = index.artifact_row(artifact, producer)
+        row.update(depth=depth, input_key=input_key)
+        if artifact.id in seen:
+            row["repeat"] = True
+            rows.append(row)
+            return
+        seen.add(artifact.id)
+        rows.append(row)
+        if producer is None or input_key in _BASELINE_KEYS:
+            return
+        events = store.get_events_by_execution_ids([producer])
+        # the evaluation written beside a blessing: listed, it is not an input
+        siblings = [e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT
+                    and e.artifact_id != artifact.id]
+        for sibling in store.get_artifacts_by_id(siblings):
+            if index.artifact_types.get(sibling.type_id) in _EVALUATION_TYPES:
+                rows.append({**index.artifact_row(sibling, producer), "depth": depth + 1,
+                             "input_key": "evaluation"})
+        inputs = [e for e in events if e.type == metadata_store_pb2.Event.INPUT]
+        inputs.sort(key=lambda e: (e.path.steps[0].key if e.path.steps else "", e.artifact_id))
+        parents = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in inputs])}
+        for event in inputs:
+            key = event.path.steps[0].key if event.path.steps else None
+            if event.artifact_id in parents:
+                visit(parents[event.artifact_id], depth + 1, key)
+
+    visit(found[0], 0, None)
+    return rows
+
+
+def lineage_input(rows: list) -> dict:
+    """The input data directory and fingerprint at the root of a lineage."""
+    for row in rows:
+        props = row["properties"]
+        if "input_dir" in props:
+            return {"input_dir": props["input_dir"],
+                    "input_fingerprint": props.get("input_fingerprint"),
+                    "layout": props.get("layout"), "examples": row["uri"]}
+    return {}
+
+
+def diff(store, run_a: str, run_b: str) -> dict:
+    """Eval metrics of two runs side by side: {metric: {a, b, delta}}."""
+    a = run_metrics(store, find_run(store, run_a))
+    b = run_metrics(store, find_run(store, run_b))
+    out = {}
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        entry = {"a": va, "b": vb}
+        if isinstance(va, (int, float)) and isinstance(vb, (int, float)) and not (
+                isinstance(va, bool) or isinstance(vb, bool)):
+            entry["delta"] = vb - va
+        out[key] = entry
+    return {"run_a": a["run_id"], "run_b": b["run_id"], "metrics": out}
+
+
+def run_count(path: str) -> int:
+    return len(runs(connect(path))) if os.path.isfile(path) else 0
+
+
+def annotate_run(path: str, values: dict, beam_components=(), beam_args=None,
+                 runs_before: int = 0) -> None:
+    """Records movierec's own facts about the latest run in the store (read-write): the
+    command's wall time etc. on the pipeline_run context, and the Beam pipeline args on
+    the executions of the Beam-powered components of that run. Nothing when no run was
+    added since there were `runs_before`."""
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
+    store = metadata_store.MetadataStore(config)
+    all_runs = runs(store)
+    if len(all_runs) <= runs_before:
+        return
+    context = all_runs[-1]
+    for key, value in values.items():
+        _set(context.custom_properties[key], value)
+    store.put_contexts([context])
+    if beam_args is not None:
+        index = _Index(store)
+        executions = [e for e in store.get_executions_by_context(context.id)
+                      if index.component(e.id) in beam_components]
+        for execution in executions:
+            _set(execution.custom_properties["beam_pipeline_args"], json.dumps(beam_args))
+        if executions:
+            store.put_executions(executions)
+
+
+def _set(value, plain) -> None:
+    if isinstance(plain, (bool, int)):
+        value.int_value = int(plain)
+    elif isinstance(plain, float):
+        value.double_value = plain
+    else:
+        value.string_value = str(plain)
+
+
+def close_interrupted(path: str) -> int:
+    """Executions left RUNNING by a run that was killed (the caller holds the output
+    directory's lock, so no run is in progress) become CANCELED, and the outputs they had
+    begun become ABANDONED: later runs and `inspect` never mistake them for live work.
+    Returns how many executions were closed."""
+    if not os.path.isfile(path):
+        return 0
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
+    store = metadata_store.MetadataStore(config)
+    open_states = (metadata_store_pb2.Execution.RUNNING, metadata_store_pb2.Execution.NEW)
+    stale = [e for e in store.get_executions() if e.last_known_state in open_states]
+    if not stale:
+        return 0
+    for execution in stale:
+        execution.last_known_state = metadata_store_pb2.Execution.CANCELED
+        execution.custom_properties["interrupted"].string_value = (
+            "the run was killed before this execution finished")
+    store.put_executions(stale)
+    outputs = [e.artifact_id for e in store.get_events_by_execution_ids([e.id for e in stale])
+               if e.type in (metadata_store_pb2.Event.OUTPUT,
+                             metadata_store_pb2.Event.PENDING_OUTPUT)]
+    pending = [a for a in store.get_artifacts_by_id(outputs)
+               if a.state in (metadata_store_pb2.Artifact.PENDING,
+                              metadata_store_pb2.Artifact.UNKNOWN)]
+    for artifact in pending:
+        artifact.state = metadata_store_pb2.Artifact.ABANDONED
+    if pending:
+        store.put_artifacts(pending)
+    return len(stale)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
+from components.baseline_resolver import LatestBlessedBaselineStrategy
 from components.movielens_example_gen.component import MovieLensExampleGen
 from components.retrieval_evaluator import RetrievalEvaluator
 from components.validation_gate import SchemaGate
@@ -14,6 +15,8 @@ from trainer import features as F
 EVAL_SPLIT = "eval"
 RETRIEVAL_EVALUATOR_ID = "RetrievalEvaluator"
 CATALOG_SPLIT = "catalog"
+# Components that run Beam pipelines (they get config.all_beam_args()).
+BEAM_COMPONENTS = ("MovieLensExampleGen", "StatisticsGen", "Transform", "Evaluator")
 
 
 def eval_config(config: configs.PipelineConfig) -> tfma.EvalConfig:
@@ -38,11 +41,21 @@ def eval_config(config: configs.PipelineConfig) -> tfma.EvalConfig:
         ])])
 
 
+def _final_blessings() -> dict:
+    """Channels of every Model and of the final (rating + retrieval) blessings: TFMA's
+    blessing alone does not make a model blessed."""
+    return dict(
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing,
+                                       producer_component_id=RETRIEVAL_EVALUATOR_ID))
+
+
 def create_pipeline(config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
     # Raw MovieLens files -> rating examples (train/eval) + the full movie catalog.
     example_gen = MovieLensExampleGen(
         data_dir=config.data_dir, layout=config.layout or None, split=config.split,
-        seed=config.seed, eval_fraction=config.eval_fraction)
+        seed=config.seed, eval_fraction=config.eval_fraction,
+        input_fingerprint=config.input_fingerprint)
     examples = example_gen.outputs["examples"]
 
     # Statistics, the curated schema of this layout, and a gate that stops on anomalies.
@@ -78,24 +91,34 @@ def create_pipeline(config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
             custom_config={"hparams": dict(config.hparams), "trials": config.tune_trials,
                            "code": configs.code_fingerprint(*configs.TUNER_CODE)})
 
+    # Optionally, warm start from the latest blessed model.
+    warm_start = None
+    if config.warm_start:
+        warm_start = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            **_final_blessings()).with_id("warm_start_model_resolver")
+
     # The multitask TFRS model, exported with its serving signatures.
     trainer = tfx.components.Trainer(
         run_fn="trainer.run.run_fn",
         examples=examples,
         transform_graph=transform.outputs["transform_graph"],
         hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
+        base_model=warm_start.outputs["model"] if warm_start else None,
         custom_config={"hparams": dict(config.hparams),
                        "code": configs.code_fingerprint(*configs.TRAINER_CODE)})
     model = trainer.outputs["model"]
 
     # Rating metrics and blessing against the latest blessed model (TFMA) ...
-    latest_blessed = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        # only the final (rating + retrieval) blessings count, not TFMA's alone
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing,
-                                       producer_component_id=RETRIEVAL_EVALUATOR_ID),
-    ).with_id("latest_blessed_model_resolver")
+    blessed = _final_blessings()
+    if config.baseline_excludes_candidate:
+        # the candidate itself never is its own baseline: an unchanged re-run stays cached
+        latest_blessed = tfx.dsl.Resolver(
+            strategy_class=LatestBlessedBaselineStrategy, candidate=model, **blessed)
+    else:  # TFX's own strategy, for orchestrators that support no other (Kubeflow V2)
+        latest_blessed = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy, **blessed)
+    latest_blessed = latest_blessed.with_id("latest_blessed_model_resolver")
     evaluator = tfx.components.Evaluator(
         examples=examples, model=model, baseline_model=latest_blessed.outputs["model"],
         eval_config=eval_config(config), example_splits=[EVAL_SPLIT])
@@ -119,7 +142,8 @@ def create_pipeline(config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, schema_gate,
-                    transform, *([tuner] if tuner else []), trainer, latest_blessed,
+                    transform, *([tuner] if tuner else []),
+                    *([warm_start] if warm_start else []), trainer, latest_blessed,
                     evaluator, retrieval_evaluator, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=tfx.orchestration.metadata

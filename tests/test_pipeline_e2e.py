@@ -4,6 +4,7 @@ data, driven through the `movierec` CLI as a user would, then the pushed SavedMo
 import json
 import os
 import pathlib
+import re
 import shutil
 
 import numpy as np
@@ -14,6 +15,7 @@ from components.movielens_example_gen import synth
 from pipeline import cli
 
 FAST = ["--epochs", "3", "--batch-size", "256", "--rmse-upper-bound", "2.0"]
+BEAM_ARGS = "--direct_num_workers=1 --direct_running_mode=in_memory"
 
 
 def _versions(output_dir):
@@ -31,7 +33,8 @@ def _snapshot(output_dir):
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, ml100k_dir):
     out = tmp_path_factory.mktemp("run") / "output"
-    rc = cli.main(["run", "--data-dir", str(ml100k_dir), "--output-dir", str(out), *FAST])
+    rc = cli.main(["run", "--data-dir", str(ml100k_dir), "--output-dir", str(out), *FAST,
+                   f"--beam-pipeline-args={BEAM_ARGS}"])
     return rc, out
 
 
@@ -75,6 +78,77 @@ def test_pushed_model_answers_both_signatures(first_run, ml100k_dir):
         [str(p) for p in examples], compression_type="GZIP").take(20)]
     rating = model.signatures["serving_default"](examples=tf.constant(serialized))["rating"]
     assert rating.shape == (20,) and np.all(np.isfinite(rating.numpy()))
+
+
+def _lines(printed):
+    """{component: 'done' | 'cached'} of a run's progress lines."""
+    return dict(re.findall(r"^\[\s*[\d.]+s\]\s+(\S+)\s+(\S+)", printed, re.M))
+
+
+def _inspect(capsys, *args):
+    capsys.readouterr()
+    assert cli.main(["inspect", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_unchanged_rerun_is_cached_and_pushes_nothing(first_run, ml100k_dir, capsys):
+    _, out = first_run
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert cli.main(["run", "--data-dir", str(ml100k_dir), "--output-dir", str(out), *FAST,
+                     f"--beam-pipeline-args={BEAM_ARGS}"]) == 0
+    lines = _lines(capsys.readouterr().out)
+    resolvers = {c for c in lines if c.endswith("_resolver")}
+    assert lines and all(lines[c] == "cached" for c in set(lines) - resolvers), lines
+    assert _snapshot(out) == before  # the same model is not pushed again
+
+    runs = _inspect(capsys, "runs", "--output-dir", str(out))
+    first, second = runs[0], runs[-1]
+    assert first["cached"] == 0 and first["state"] == "complete"
+    assert second["executed"] == len(resolvers)
+    assert second["cached"] == len(second["components"]) - len(resolvers)
+    assert all(r["wall_seconds"] > 0 for r in (first, second))
+    # the Beam args reached the record of every Beam-powered execution
+    from pipeline import metadata
+    from pipeline.pipeline import BEAM_COMPONENTS
+
+    store = metadata.connect(str(out))
+    executions = {metadata._Index(store).component(e.id): e
+                  for e in store.get_executions_by_context(metadata.runs(store)[0].id)}
+    for name in BEAM_COMPONENTS:
+        recorded = metadata.properties(executions[name])["beam_pipeline_args"]
+        assert json.loads(recorded) == BEAM_ARGS.split()
+
+
+def test_inspect_artifacts_lineage_and_diff(first_run, ml100k_dir, capsys):
+    _, out = first_run
+    models = _inspect(capsys, "artifacts", "--type", "Model", "--output-dir", str(out))
+    assert len(models) == 1 and models[0]["producer"] == "Trainer"
+    assert models[0]["uri"].startswith(str(out))
+
+    chain = _inspect(capsys, "lineage", "--pushed", "latest", "--output-dir", str(out))
+    rows = chain["lineage"]
+    assert rows[0]["type"] == "PushedModel" and rows[0]["depth"] == 0
+    assert rows[0]["properties"]["pushed_destination"].endswith(_versions(out)[-1])
+    types = {r["type"] for r in rows}
+    assert {"ModelBlessing", "ModelEvaluation", "movierec.RetrievalEvaluation", "Model",
+            "TransformGraph", "Schema", "ExampleStatistics", "ExampleAnomalies",
+            "Examples"} <= types
+    assert chain["input"]["input_dir"] == os.path.abspath(ml100k_dir)
+    assert len(chain["input"]["input_fingerprint"]) >= 16
+    # by artifact id too, and readable for people
+    capsys.readouterr()
+    assert cli.main(["inspect", "lineage", str(rows[0]["id"]), "--output-dir", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "PushedModel" in text and f"input data: {os.path.abspath(ml100k_dir)}" in text
+
+    runs = _inspect(capsys, "runs", "--output-dir", str(out))
+    diff = _inspect(capsys, "diff", runs[0]["run_id"], runs[-1]["run_id"],
+                    "--output-dir", str(out))
+    assert diff["metrics"]["rmse"]["delta"] == 0.0  # the cached re-run: the same model
+    capsys.readouterr()
+    assert cli.main(["inspect", "diff", runs[0]["run_id"], "--output-dir", str(out)]) == 2
+    assert "two run ids" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("corruption", ["rating_out_of_range", "wrong_delimiter",
@@ -184,3 +258,28 @@ def test_tune_feeds_the_trainer_the_best_hyperparameters(tmp_path, ml100k_dir, c
     training = json.loads(next((out / "pipeline" / "Trainer" / "model_run").glob(
         "*/training.json")).read_text())
     assert all(training["hparams"][k] == tuned[k] for k in tuned)  # the Trainer used them
+
+
+def test_new_data_reruns_examplegen_and_warm_starts_the_trainer(first_run, ml100k_dir,
+                                                               tmp_path, capsys):
+    """Continuous training: changed input files miss the cache from ExampleGen on, and
+    --warm-start initializes the Trainer from the latest blessed model."""
+    _, out = first_run
+    data = tmp_path / "more-data"
+    shutil.copytree(ml100k_dir, data)
+    ratings = (data / "u.data").read_text().splitlines()
+    (data / "u.data").write_text("\n".join(ratings[:-50]) + "\n")  # a different dataset
+    capsys.readouterr()
+    assert cli.main(["run", "--data-dir", str(data), "--output-dir", str(out), *FAST,
+                     "--warm-start"]) == 0
+    lines = _lines(capsys.readouterr().out)
+    for component in ("MovieLensExampleGen", "StatisticsGen", "Transform", "Trainer"):
+        assert lines[component] == "done", lines
+    runs = _inspect(capsys, "runs", "--output-dir", str(out))
+    trainer = next(c for c in runs[-1]["components"] if c["component"] == "Trainer")
+    training = json.loads(next(
+        (out / "pipeline" / "Trainer" / "model_run" / str(trainer["execution_id"])).glob(
+            "training.json")).read_text())
+    warm = training["warm_start"]
+    assert warm["base_model"] and warm["copied"] + warm["remapped"] > 0
+    assert warm["fresh"] == 0

@@ -139,10 +139,14 @@ def training_dataset(columns: dict, hp: HParams, shuffle: bool = True):
 
 
 def fit(train: dict, vocab: Vocab, hp: HParams, validation: dict | None = None,
-        callbacks=()):
-    """Builds and trains the multitask model on transformed columns."""
+        callbacks=(), initialize=None):
+    """Builds and trains the multitask model on transformed columns. `initialize(model)`,
+    when given, runs on the built model before training (warm start)."""
     model, counts = build_model(train, vocab, hp)
     dataset = training_dataset(train, hp)
+    if initialize is not None:
+        model(next(iter(dataset)))  # creates the variables
+        initialize(model)
     steps = {}
     if hp.max_steps:
         dataset, steps = dataset.repeat(), {"steps_per_epoch": hp.max_steps}
@@ -155,15 +159,25 @@ def fit(train: dict, vocab: Vocab, hp: HParams, validation: dict | None = None,
 
 
 def train_and_export(train_files, catalog_files, transform_output: str, serving_dir: str,
-                     hp: HParams, log_dir: str | None = None) -> dict:
-    """Everything run_fn does, callable without TFX. Returns the training history."""
+                     hp: HParams, log_dir: str | None = None,
+                     base_model: str | None = None) -> dict:
+    """Everything run_fn does, callable without TFX. Returns the training history.
+    base_model: an exported model to warm-start from (trainer.warm_start)."""
     started = time.time()
     tft_output = tft.TFTransformOutput(transform_output)
     tft_layer = tft_output.transform_features_layer()
     vocab = Vocab.from_tft_output(tft_output, hp.timestamp_buckets)
     columns, users = load_ratings(tfrecord_files(train_files), tft_layer)
     train, validation = split_validation(columns, hp.validation_fraction, hp.seed)
-    model, counts, history = fit(train, vocab, hp, validation)
+    warm = {}
+
+    def initialize(model):
+        from trainer.warm_start import warm_start
+
+        warm.update(warm_start(model, base_model, tft_output))
+
+    model, counts, history = fit(train, vocab, hp, validation,
+                                 initialize=initialize if base_model else None)
     catalog, catalog_xf_ids = load_catalog(tfrecord_files(catalog_files), tft_layer)
     module = export.MovieRecExport(model, tft_layer, catalog, users,
                                    popularity=counts[catalog_xf_ids], index=hp.index)
@@ -173,6 +187,7 @@ def train_and_export(train_files, catalog_files, transform_output: str, serving_
                "train_examples": int(len(train[F.RATING_XF])),
                "validation_examples": int(len(validation[F.RATING_XF])) if validation else 0,
                "catalog_size": int(len(catalog_xf_ids)),
+               "warm_start": {"base_model": base_model, **warm} if base_model else None,
                "seconds": round(time.time() - started, 1)}
     if log_dir:
         tf.io.gfile.makedirs(log_dir)
@@ -201,4 +216,4 @@ def run_fn(fn_args):
     train_and_export(
         fn_args.train_files, _split_dir(fn_args.train_files, "catalog"),
         fn_args.transform_output, fn_args.serving_model_dir, hp,
-        log_dir=fn_args.model_run_dir)
+        log_dir=fn_args.model_run_dir, base_model=fn_args.base_model or None)

@@ -6,7 +6,9 @@ Output: one Examples artifact with three splits
   catalog      one example per movie in the catalog file, rated or not (MOVIE_FEATURES).
 
 Ratings stream through Beam (never one in-memory frame); movies and users, which are small,
-are read once and joined in the workers.
+are read once and joined in the workers. Before Beam starts, movielens.preflight checks the
+files, the catalog, the users and the first lines of the ratings, so most bad input fails
+at once with one line naming the file and line.
 """
 
 from __future__ import annotations
@@ -80,17 +82,12 @@ def catalog_example(movie: movielens.Movie) -> tf.train.Example:
 
 
 def join(rating: movielens.Rating, movies: dict, users: dict, files: dict) -> tf.train.Example:
-    """The rating's example, with its movie and (where the layout has users) its user."""
-    movie = movies.get(rating.movie_id)
-    if movie is None:
-        raise movielens.DataError(
-            f"{files['ratings']}: movie {rating.movie_id!r} (rated by user "
-            f"{rating.user_id!r}) is not in {files['movies']}")
-    user = users.get(rating.user_id)
-    if user is None and users:
-        raise movielens.DataError(
-            f"{files['ratings']}: user {rating.user_id!r} is not in {files['users']}")
-    return rating_example(rating, movie, user)
+    """The rating's example, with its movie and (where the layout has users) its user.
+
+    A movie missing from the catalog, or a user missing from the user file, raises
+    DataError naming the ratings file (files["ratings"]) and the rating's line."""
+    movielens.check_references(rating, movies, users, files)
+    return rating_example(rating, movies[rating.movie_id], users.get(rating.user_id))
 
 
 def rating_examples(data_dir: str, layout: str | None = None, file_name: str | None = None):
@@ -147,8 +144,9 @@ class _JoinAndSplit(beam.DoFn):
         self._files = movielens.layout_files(self._args[1])
 
     def process(self, item):
-        fixed_split, rating = item
-        example = join(rating, self._movies, self._users, self._files)
+        (file_name, fixed_split), rating = item
+        files = {**self._files, "ratings": file_name} if file_name else self._files
+        example = join(rating, self._movies, self._users, files)
         if fixed_split:
             split = fixed_split
         elif self._split == "time":
@@ -170,8 +168,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         seed = int(exec_properties["seed"])
         eval_fraction = float(exec_properties["eval_fraction"])
         sources = ratings_sources(split)
-        movies = movielens.read_movies(data_dir, layout)  # fail early on a bad catalog
-        movielens.read_users(data_dir, layout)
+        # Fail early, before Beam: files, catalog, users and the ratings' first lines.
+        movielens.preflight(data_dir, layout, [file_name for file_name, _ in sources])
+        movies = movielens.read_movies(data_dir, layout)
         cutoff = time_cutoff(data_dir, layout, eval_fraction) if split == "time" else 0
 
         examples = artifact_utils.get_single_instance(output_dict["examples"])
@@ -182,7 +181,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         rated = (pipeline
                  | "Sources" >> beam.Create(sources)
                  | "ReadRatings" >> beam.FlatMap(
-                     lambda src: ((src[1], r) for r in movielens.iter_ratings(
+                     lambda src: ((src, r) for r in movielens.iter_ratings(
                          data_dir, layout, src[0])))
                  | "JoinAndSplit" >> beam.ParDo(_JoinAndSplit(
                      data_dir, layout, split, seed, eval_fraction, cutoff)))

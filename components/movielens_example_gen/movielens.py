@@ -27,18 +27,23 @@ files a directory holds.
     There is no user file. Files are utf-8 encoded.
 
 Whatever the layout, each line is decoded as utf-8 and, failing that, as latin-1, so a
-file in either encoding reads correctly. Files are read line by line, never whole.
+file in either encoding reads correctly. Files are read line by line, never whole, and a
+line longer than :data:`MAX_LINE_BYTES` is refused without being read further. Ids
+(users, movies) are non-negative integers in every layout.
 
 Every problem with the input raises :class:`DataError` whose message is a single line
 naming the file (and the 1-based line number where one applies), e.g.
-``u.data line 3: rating '7' outside 1..5``.
+``u.data line 3: rating '7' outside 1..5``. :func:`preflight` runs the cheap checks (files
+present, catalog and users, the first lines of the ratings) before a pipeline starts.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
+import itertools
 import math
 import os
 import pathlib
@@ -48,7 +53,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Union
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -100,8 +105,13 @@ _RATINGS_SEPARATOR = {"ml-100k": "\t", "ml-1m": "::", "ml-latest": None}
 _CATALOG_SEPARATOR = {"ml-100k": "|", "ml-1m": "::", "ml-latest": None}
 _TITLE_YEAR = re.compile(r"\((\d{4})\)\s*$")
 _RELEASE_DATE_YEAR = re.compile(r"^\d{1,2}-[A-Za-z]{3}-(\d{4})$")
-# Timestamps above this are taken to be milliseconds (10**11 s is in the year 5138).
+# Timestamps above this are taken to be milliseconds (10**11 s is in the year 5138, 10**11
+# ms is 1973-03-03); above 1000 times it they are neither seconds nor milliseconds.
 _MILLISECONDS_THRESHOLD = 10**11
+#: Longest line (bytes, without its newline) of any file; MovieLens lines are under 1 KB.
+MAX_LINE_BYTES = 1 << 16
+#: Ratings lines :func:`preflight` reads from the start of each ratings file.
+PREFLIGHT_LINES = 1000
 
 
 class DataError(ValueError):
@@ -134,6 +144,8 @@ class Rating:
     movie_id: str
     rating: float
     timestamp: int  # seconds since the epoch
+    # 1-based line of the ratings file (0: not from a file); for messages, not compared.
+    line: int = dataclasses.field(default=0, compare=False)
 
 
 # --- layout -------------------------------------------------------------------------------
@@ -166,6 +178,15 @@ def detect_layout(data_dir: PathLike) -> str:
         raise DataError(f"data directory does not exist: {directory}")
     layout = _layout_of(directory)
     if layout is None:
+        for candidate in LAYOUTS:  # half a layout: name the file that is missing
+            ratings, movies, _ = _FILES[candidate]
+            present = [name for name in (ratings, movies) if (directory / name).is_file()]
+            if present:
+                missing = movies if present == [ratings] else ratings
+                raise DataError(
+                    f"no MovieLens files in {directory}: missing {missing} next to "
+                    f"{present[0]} ({candidate} layout)"
+                )
         raise DataError(
             f"no MovieLens files in {directory}: expected u.data+u.item (ml-100k), "
             "ratings.dat+movies.dat (ml-1m) or ratings.csv+movies.csv (ml-latest)"
@@ -189,18 +210,31 @@ def _existing(data_dir: PathLike, name: str) -> pathlib.Path:
 
 
 def _decoded_lines(path: pathlib.Path) -> Iterator[str]:
-    """Yields the lines of ``path`` one at a time, each decoded as utf-8, else latin-1."""
-    with open(path, "rb") as f:
-        first = True
-        for raw in f:
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                line = raw.decode("latin-1")
-            if first:
-                line = line.removeprefix("\ufeff")
-                first = False
-            yield line
+    """Yields the lines of ``path`` one at a time, each decoded as utf-8, else latin-1.
+
+    A line longer than :data:`MAX_LINE_BYTES` raises :class:`DataError` after reading at
+    most that many bytes of it, so memory stays bounded whatever the file holds.
+    """
+    limit = MAX_LINE_BYTES + 1
+    try:
+        with open(path, "rb") as f:
+            number = 0
+            for raw in iter(functools.partial(f.readline, limit), b""):
+                number += 1
+                if len(raw) == limit and raw[-1:] != b"\n":
+                    raise DataError(
+                        f"{path.name} line {number}: longer than {MAX_LINE_BYTES} bytes"
+                        " (not a MovieLens file?)"
+                    )
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    line = raw.decode("latin-1")
+                if number == 1:
+                    line = line.removeprefix("\ufeff")
+                yield line
+    except OSError as e:
+        raise DataError(f"cannot read {path.name}: {e.strerror or e}") from None
 
 
 def _rows(path: pathlib.Path, separator: str | None) -> Iterator[tuple[int, list[str]]]:
@@ -226,12 +260,54 @@ def _describe(separator: str | None) -> str:
     return {"\t": "tab", "|": "'|'", "::": "'::'", None: "comma"}[separator] + "-separated"
 
 
+# Separators a wrongly delimited line may use, most specific first (None: whitespace).
+_OTHER_SEPARATORS = {"::": "'::'", "\t": "tab", ",": "comma", ";": "';'", "|": "'|'",
+                     ":": "':'", None: "space"}  # fmt: skip
+
+
+def _delimiter_hint(text: str, expected: int, separator: str) -> str:
+    """' (the line is comma-separated)' when ``text`` splits into ``expected`` fields on
+    another separator than ``separator`` (whitespace included), else ''."""
+    for other, description in _OTHER_SEPARATORS.items():
+        if other != separator and len(text.split(other)) == expected:
+            return f" (the line is {description}-separated)"
+    return ""
+
+
 def _check_fields(name: str, number: int, fields: list[str], expected: int, separator: str | None):
     if len(fields) != expected:
+        hint = _delimiter_hint(fields[0], expected, separator or ",") if len(fields) == 1 else ""
         raise DataError(
             f"{name} line {number}: expected {expected} {_describe(separator)} fields,"
-            f" got {len(fields)}"
+            f" got {len(fields)}{hint}"
         )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _header_hinted(error: DataError, name: str, fields: list[str], has_header: bool):
+    """``error`` with a hint appended when the offending line looks like a header: several
+    fields (one is a delimiter problem, said already), each a word, none a number."""
+    if (
+        len(fields) < 2
+        or not all(fields)
+        or not any(c.isalpha() for f in fields for c in f)
+        or any(_is_number(f) for f in fields)
+    ):
+        return error
+    hint = "a repeated header line?" if has_header else f"a header line? {name} has none"
+    return DataError(f"{error} ({hint})")
+
+
+def _check_id(where: str, what: str, text: str) -> None:
+    if not (text.isascii() and text.isdigit()):
+        raise DataError(f"{where}: {what} id {text!r} is not a non-negative integer")
 
 
 def _check_header(
@@ -240,9 +316,10 @@ def _check_header(
     """Consumes and checks a csv header; returns False when the file has no lines at all."""
     for number, fields in rows:
         if tuple(field.lower() for field in fields) != expected:
+            hint = _delimiter_hint(fields[0], len(expected), ",") if len(fields) == 1 else ""
             raise DataError(
                 f"{name} line {number}: expected header {','.join(expected)!r}"
-                f" (any case), got {','.join(fields)!r}"
+                f" (any case), got {','.join(fields)!r}{hint}"
             )
         return True
     return False
@@ -263,10 +340,14 @@ def iter_ratings(
     :class:`DataError` (naming the file and 1-based line number) when it has the wrong
     number of fields (e.g. a wrong delimiter), an empty user or movie id, a rating that
     is not a number, not a whole star (ml-100k, ml-1m) or half star (ml-latest), or is
-    outside :data:`RATING_RANGE`, or a timestamp that is not a non-negative integer.
-    A header line in ml-100k/ml-1m therefore fails; ml-latest must start with its header.
+    outside :data:`RATING_RANGE`, a timestamp that is not a non-negative integer, or a
+    user or movie id that is not a non-negative integer. A header line in ml-100k/ml-1m
+    therefore fails (the message says it looks like one); ml-latest must start with its
+    header. A line longer than :data:`MAX_LINE_BYTES` fails after reading that much.
 
-    Timestamps larger than 10**11 are taken to be milliseconds and converted to seconds.
+    Timestamps larger than 10**11 are taken to be milliseconds and converted to seconds
+    (line by line, so a file mixing both reads right); larger than 10**14 they fail.
+    Each rating carries its line number (``Rating.line``) for later messages.
 
     A missing ratings file raises at once; an empty one raises when iteration reaches
     its end without a rating.
@@ -292,32 +373,47 @@ def _ratings(path: pathlib.Path, layout: str) -> Iterator[Rating]:
         raise DataError(f"{name} is empty")
     count = 0
     for number, fields in rows:
-        _check_fields(name, number, fields, 4, separator)
-        user_id, movie_id, rating_text, timestamp_text = fields
-        where = f"{name} line {number}"
-        if not user_id:
-            raise DataError(f"{where}: empty user id")
-        if not movie_id:
-            raise DataError(f"{where}: empty movie id")
         try:
-            rating = float(rating_text)
-        except ValueError:
-            raise DataError(f"{where}: rating {rating_text!r} is not a number") from None
-        if not math.isfinite(rating):
-            raise DataError(f"{where}: rating {rating_text!r} is not a number")
-        if whole_stars and not rating.is_integer():
-            raise DataError(f"{where}: rating {rating_text!r} is not a whole number")
-        if not whole_stars and not (2 * rating).is_integer():
-            raise DataError(f"{where}: rating {rating_text!r} is not a multiple of 0.5")
-        if not low <= rating <= high:
-            raise DataError(f"{where}: rating {rating_text!r} outside {low:g}..{high:g}")
-        if not (timestamp_text.isascii() and timestamp_text.isdigit()):
-            raise DataError(f"{where}: timestamp {timestamp_text!r} is not a non-negative integer")
-        timestamp = int(timestamp_text)
-        if timestamp > _MILLISECONDS_THRESHOLD:
-            timestamp //= 1000
+            _check_fields(name, number, fields, 4, separator)
+            user_id, movie_id, rating_text, timestamp_text = fields
+            where = f"{name} line {number}"
+            if not user_id:
+                raise DataError(f"{where}: empty user id")
+            if not movie_id:
+                raise DataError(f"{where}: empty movie id")
+            try:
+                rating = float(rating_text)
+            except ValueError:
+                raise DataError(f"{where}: rating {rating_text!r} is not a number") from None
+            if not math.isfinite(rating):
+                raise DataError(f"{where}: rating {rating_text!r} is not a number")
+            if whole_stars and not rating.is_integer():
+                raise DataError(f"{where}: rating {rating_text!r} is not a whole number")
+            if not whole_stars and not (2 * rating).is_integer():
+                raise DataError(f"{where}: rating {rating_text!r} is not a multiple of 0.5")
+            if not low <= rating <= high:
+                raise DataError(f"{where}: rating {rating_text!r} outside {low:g}..{high:g}")
+            if not (timestamp_text.isascii() and timestamp_text.isdigit()):
+                raise DataError(
+                    f"{where}: timestamp {timestamp_text!r} is not a non-negative integer"
+                )
+            timestamp = int(timestamp_text)
+            if timestamp > _MILLISECONDS_THRESHOLD:
+                if timestamp > 1000 * _MILLISECONDS_THRESHOLD:
+                    raise DataError(
+                        f"{where}: timestamp {timestamp_text!r} is neither seconds nor"
+                        " milliseconds since 1970"
+                    )
+                timestamp //= 1000
+            if not (  # one test for both ids: this is the hot loop
+                user_id.isdigit() and movie_id.isdigit() and (user_id + movie_id).isascii()
+            ):
+                _check_id(where, "user", user_id)
+                _check_id(where, "movie", movie_id)
+        except DataError as e:
+            raise _header_hinted(e, name, fields, layout == "ml-latest") from None
         count += 1
-        yield Rating(user_id, movie_id, rating, timestamp)
+        yield Rating(user_id, movie_id, rating, timestamp, number)
     if not count:
         raise DataError(
             f"{name} is empty" if layout != "ml-latest" else f"{name} is empty (header only)"
@@ -346,16 +442,22 @@ def _ml100k_genres(data_dir: pathlib.Path) -> tuple[str, ...]:
         return ML100K_GENRES
     by_index: dict[int, str] = {}
     for number, fields in _rows(path, "|"):
-        _check_fields(path.name, number, fields, 2, "|")
-        genre, index_text = fields
-        if not genre or not index_text.isdigit():
-            raise DataError(
-                f"{path.name} line {number}: expected 'name|index', got {'|'.join(fields)!r}"
-            )
+        try:
+            _check_fields(path.name, number, fields, 2, "|")
+            genre, index_text = fields
+            if not genre or not (index_text.isascii() and index_text.isdigit()):
+                raise DataError(
+                    f"{path.name} line {number}: expected 'name|index',"
+                    f" got {'|'.join(fields)!r}"
+                )
+        except DataError as e:
+            raise _header_hinted(e, path.name, fields, False) from None
         if int(index_text) in by_index:
             raise DataError(f"{path.name} line {number}: duplicate genre index {index_text}")
         by_index[int(index_text)] = genre
-    if sorted(by_index) != list(range(len(by_index))) or not by_index:
+    if not by_index:
+        raise DataError(f"{path.name} is empty")
+    if sorted(by_index) != list(range(len(by_index))):
         raise DataError(f"{path.name}: genre indices must run 0..N-1, got {sorted(by_index)}")
     return tuple(by_index[i] for i in range(len(by_index)))
 
@@ -365,7 +467,14 @@ def _parse_movie(
 ) -> Movie:
     where = f"{name} line {number}"
     if layout == "ml-100k":
-        _check_fields(name, number, fields, 5 + len(genres), "|")
+        try:
+            _check_fields(name, number, fields, 5 + len(genres), "|")
+        except DataError as e:
+            if len(fields) == 1:  # a delimiter problem, which the message already says
+                raise
+            raise DataError(
+                f"{e} (5 fields and a 0/1 flag for each of the {len(genres)} genres)"
+            ) from None
         movie_id, title, release_date = fields[:3]
         flags = fields[5:]
         if any(flag not in ("0", "1") for flag in flags):
@@ -385,6 +494,7 @@ def _parse_movie(
         release_date, movie_genres = "", _split_genres(genre_text)
     if not movie_id:
         raise DataError(f"{where}: empty movie id")
+    _check_id(where, "movie", movie_id)
     return Movie(movie_id, title, movie_genres, _release_year(title, release_date))
 
 
@@ -393,7 +503,9 @@ def read_movies(data_dir: PathLike, layout: str | None = None) -> dict[str, Movi
 
     A movie id seen twice keeps its first entry. Genres come from u.item's flags or the
     ``|``-joined genre field; ``release_year`` from the title's trailing ``(YYYY)``, else
-    u.item's release date, else 0. Malformed lines raise :class:`DataError`.
+    u.item's release date, else 0. ml-100k's genre flags follow u.genre, so a genre added
+    there (with its flag column in u.item) is read like the others. Malformed lines raise
+    :class:`DataError`.
     """
     layout = _layout(layout, data_dir)
     path = _existing(data_dir, _FILES[layout][1])
@@ -404,7 +516,10 @@ def read_movies(data_dir: PathLike, layout: str | None = None) -> dict[str, Movi
         _check_header(path.name, rows, _MOVIES_HEADER)
     movies: dict[str, Movie] = {}
     for number, fields in rows:
-        movie = _parse_movie(path.name, number, fields, layout, genres)
+        try:
+            movie = _parse_movie(path.name, number, fields, layout, genres)
+        except DataError as e:
+            raise _header_hinted(e, path.name, fields, layout == "ml-latest") from None
         movies.setdefault(movie.movie_id, movie)
     if not movies:
         raise DataError(f"{path.name} is empty")
@@ -428,22 +543,90 @@ def read_users(data_dir: PathLike, layout: str | None = None) -> dict[str, User]
     users: dict[str, User] = {}
     for number, fields in _rows(path, separator):
         where = f"{path.name} line {number}"
-        _check_fields(path.name, number, fields, 5, separator)
-        if layout == "ml-100k":
-            user_id, age_text, gender, occupation, zip_code = fields
-        else:
-            user_id, gender, age_text, code, zip_code = fields
-            if not (code.isascii() and code.isdigit() and int(code) < len(ML1M_OCCUPATIONS)):
-                raise DataError(
-                    f"{where}: occupation code {code!r} outside 0..{len(ML1M_OCCUPATIONS) - 1}"
-                )
-            occupation = ML1M_OCCUPATIONS[int(code)]
-        if not user_id:
-            raise DataError(f"{where}: empty user id")
-        if not (age_text.isascii() and age_text.isdigit()):
-            raise DataError(f"{where}: age {age_text!r} is not a non-negative integer")
+        try:
+            _check_fields(path.name, number, fields, 5, separator)
+            if layout == "ml-100k":
+                user_id, age_text, gender, occupation, zip_code = fields
+            else:
+                user_id, gender, age_text, code, zip_code = fields
+                if not (
+                    code.isascii() and code.isdigit() and int(code) < len(ML1M_OCCUPATIONS)
+                ):
+                    raise DataError(
+                        f"{where}: occupation code {code!r} outside"
+                        f" 0..{len(ML1M_OCCUPATIONS) - 1}"
+                    )
+                occupation = ML1M_OCCUPATIONS[int(code)]
+            if not user_id:
+                raise DataError(f"{where}: empty user id")
+            if not (age_text.isascii() and age_text.isdigit()):
+                raise DataError(f"{where}: age {age_text!r} is not a non-negative integer")
+            _check_id(where, "user", user_id)
+        except DataError as e:
+            raise _header_hinted(e, path.name, fields, False) from None
         users.setdefault(user_id, User(user_id, int(age_text), gender, occupation, zip_code))
+    if not users:
+        raise DataError(f"{path.name} is empty")
     return users
+
+
+# --- references and pre-flight ------------------------------------------------------------
+
+
+def check_references(
+    rating: Rating, movies: dict[str, Movie], users: dict[str, User], files: dict
+) -> None:
+    """Raises :class:`DataError` when ``rating``'s movie is not in the catalog or, where the
+    layout has a user file (``users`` not empty), its user is not in it.
+
+    ``files`` is :func:`layout_files`'s mapping (``"ratings"`` naming the file the rating
+    came from); the message names that file and the rating's line.
+    """
+    if rating.movie_id not in movies:
+        raise DataError(
+            f"{_where(files['ratings'], rating)}: movie {rating.movie_id!r} (rated by user "
+            f"{rating.user_id!r}) is not in {files['movies']}"
+        )
+    if users and rating.user_id not in users:
+        raise DataError(
+            f"{_where(files['ratings'], rating)}: user {rating.user_id!r} is not in"
+            f" {files['users']}"
+        )
+
+
+def _where(name: str, rating: Rating) -> str:
+    return f"{name} line {rating.line}" if rating.line else name
+
+
+def preflight(
+    data_dir: PathLike,
+    layout: str | None = None,
+    ratings_files: Sequence[str | None] = (None,),
+    lines: int = PREFLIGHT_LINES,
+) -> str:
+    """Cheap checks of a MovieLens directory before a pipeline starts; returns its layout.
+
+    In this order, stopping at the first problem with :class:`DataError`: the layout
+    (detected when None) and that every file it needs is there (``ratings_files``: the
+    ratings files to be read, None meaning the layout's own, e.g. ``["u1.base",
+    "u1.test"]``); u.genre, the catalog and the user file, read in full (they are small);
+    the first ``lines`` ratings of each ratings file, parsed, and their movies and users
+    looked up. A ratings file is never read further, so this costs the same on ml-25m as on
+    ml-100k; problems past those lines surface while the ratings stream through ExampleGen.
+    """
+    layout = _layout(layout, data_dir)
+    files = layout_files(layout)
+    needed = [name or files["ratings"] for name in ratings_files]
+    for name in (*needed, files["movies"], files["users"]):
+        if name:
+            _existing(data_dir, name)
+    movies = read_movies(data_dir, layout)
+    users = read_users(data_dir, layout)
+    for name in ratings_files:
+        refs = {**files, "ratings": name or files["ratings"]}
+        for rating in itertools.islice(iter_ratings(data_dir, layout, name), lines):
+            check_references(rating, movies, users, refs)
+    return layout
 
 
 # --- fingerprint --------------------------------------------------------------------------
@@ -563,14 +746,19 @@ __all__ = [
     "ML100K_GENRES",
     "ML1M_OCCUPATIONS",
     "RATING_RANGE",
+    "MAX_LINE_BYTES",
+    "PREFLIGHT_LINES",
     "DataError",
     "Movie",
     "Rating",
     "User",
+    "check_references",
     "detect_layout",
     "fetch_dataset",
     "fingerprint",
     "iter_ratings",
+    "layout_files",
+    "preflight",
     "ratings_path",
     "read_movies",
     "read_users",

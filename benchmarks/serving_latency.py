@@ -6,7 +6,7 @@ sends --requests requests (default 5,000) at each concurrency (default 1, 8 and 
 and prints p50/p95/p99 latency, throughput and errors, beside the in-process SavedModel call
 (the floor: the same signature called directly in this process, one request at a time).
 
-    .venv/bin/python benchmarks/serving.py --model-base output/serving [--requests 1000]
+    .venv/bin/python benchmarks/serving_latency.py --model-base output/serving [--requests 1000]
         [--concurrency 1,8,32] [--threads 4] [--json results.json]
 
 The load goes to 127.0.0.1 only, over persistent HTTP/1.1 connections (http.client, one per

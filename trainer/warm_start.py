@@ -1,0 +1,121 @@
+"""Warm start: a new model's trainable weights initialized from an earlier exported model.
+
+Vocabularies change between runs when the data changes (new users and movies, a different
+frequency order), so an embedding table is copied row by row through the tokens: a row of
+the new table gets the old row of the same user / movie / token, and keeps its fresh
+initialization when the token is new. Variables whose shape changed for another reason
+(a different embedding size, a different tower depth) keep their fresh initialization too.
+The users' history tables and other non-trainable state are rebuilt from the new data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import features as F
+
+# Embedding tables of movie ids inside a user's history (row 0: padding).
+_MOVIE_HISTORY_TABLES = ("_history_embedding", "_rated_embedding", "_session_embedding")
+
+
+def _table_vocab(path: str):
+    """(XF key, row shift) of the embedding table at object-graph `path`, or None."""
+    parts = path.split("/")
+    for key in F.VOCABS:
+        if f"/_embeddings/{key}/" in f"/{path}/":
+            return key, (1 if key in F.PADDED else 0)
+    if "user_bias" in parts:
+        return F.USER_ID_XF, 0
+    if "movie_bias" in parts:
+        return F.MOVIE_ID_XF, 0
+    if any(t in parts for t in _MOVIE_HISTORY_TABLES):
+        return F.MOVIE_ID_XF, 1
+    return None
+
+
+def _read_vocab(path: str) -> list:
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return [line.rstrip(b"\n") for line in f]
+
+
+def row_map(old_vocab: list, new_vocab: list, shift: int, rows: int) -> np.ndarray:
+    """For each row of a new table: the old table's row of the same token, or -1.
+    Rows: `shift` leading reserved rows, the vocabulary, then OOV buckets."""
+    old_index = {token: i for i, token in enumerate(old_vocab)}
+    mapping = np.full(rows, -1, dtype=np.int64)
+    mapping[:shift] = np.arange(shift)
+    for i, token in enumerate(new_vocab):
+        if shift + i < rows and token in old_index:
+            mapping[shift + i] = shift + old_index[token]
+    for j in range(rows - shift - len(new_vocab)):  # OOV buckets map onto OOV buckets
+        mapping[shift + len(new_vocab) + j] = shift + len(old_vocab) + j
+    return mapping
+
+
+_PARTS = ("query_tower", "candidate_tower", "rating_model")
+# Keras' flat lists of the same variables in a SavedModel: the attribute paths are used.
+_LISTS = ("variables", "trainable_variables", "non_trainable_variables",
+          "regularization_losses", "keras_api")
+
+
+def _variables(module) -> dict:
+    """{object-graph path: variable} under the towers of a model or of a loaded export
+    (the same paths on both sides: the export holds the trained model's towers)."""
+    out, seen = {}, set()
+
+    def walk(obj, prefix):
+        for name, child in tf.train.TrackableView(obj).children(obj).items():
+            if name in _LISTS:
+                continue
+            path = f"{prefix}/{name}"
+            if isinstance(child, tf.Variable):
+                out.setdefault(path, child)
+            elif id(child) not in seen and "Function" not in type(child).__name__:
+                seen.add(id(child))
+                walk(child, path)
+
+    for part in _PARTS:
+        walk(getattr(module, part), part)
+    return out
+
+
+def warm_start(model, base_model_dir: str, tft_output) -> dict:
+    """Copies `base_model_dir`'s weights into `model` (built); returns counts of variables
+    copied as is, remapped through vocabularies, and left fresh."""
+    from trainer import export
+
+    old_vars = _variables(export.load(base_model_dir))
+    assets = os.path.join(base_model_dir, "assets")
+    counts = {"copied": 0, "remapped": 0, "fresh": 0}
+    for path, var in _variables(model).items():
+        if not var.trainable:
+            continue  # users' histories and the like are rebuilt from the new data
+        source = old_vars.get(path)
+        if source is None:
+            counts["fresh"] += 1
+            continue
+        old_value = source.numpy()
+        table = _table_vocab(path)
+        vocab_file = os.path.join(assets, F.VOCABS[table[0]]) if table else None
+        if table and tf.io.gfile.exists(vocab_file) and old_value.shape[1:] == var.shape[1:]:
+            mapping = row_map(_read_vocab(vocab_file),
+                              tft_output.vocabulary_by_name(F.VOCABS[table[0]]),
+                              table[1], int(var.shape[0]))
+            mapping[mapping >= old_value.shape[0]] = -1
+            value = var.numpy()
+            hit = mapping >= 0
+            value[hit] = old_value[mapping[hit]]
+            var.assign(value)
+            counts["remapped"] += 1
+        elif tuple(old_value.shape) == tuple(var.shape):
+            var.assign(old_value)
+            counts["copied"] += 1
+        else:
+            counts["fresh"] += 1
+    logging.getLogger("movierec.trainer").info(
+        "warm start from %s: %s", base_model_dir, counts)
+    return counts
