@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from tfx import v1 as tfx
+from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
 from pipeline import configs
 from pipeline.pipeline import create_pipeline
 
 
 def run(config: configs.PipelineConfig) -> None:
-    tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+    LocalDagRunner().run(create_pipeline(config))

@@ -9,6 +9,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 RUN_CONTEXT = "pipeline_run"
+RUN_CONTEXTS = (RUN_CONTEXT, "run")
 PIPELINE_CONTEXT = "pipeline"
 
 
@@ -29,9 +30,10 @@ def connect(path: str) -> metadata_store.MetadataStore:
 
 
 def runs(store) -> list:
-    """Pipeline-run contexts, oldest first."""
-    return sorted(store.get_contexts_by_type(RUN_CONTEXT),
-                  key=lambda c: (c.create_time_since_epoch, c.id))
+    """Pipeline-run contexts, oldest first (LocalDagRunner's `pipeline_run` contexts, or
+    the Airflow runner's `run` ones)."""
+    contexts = [c for kind in RUN_CONTEXTS for c in store.get_contexts_by_type(kind)]
+    return sorted(contexts, key=lambda c: (c.create_time_since_epoch, c.id))
 
 
 def find_run(store, run_id: str | None = None, evaluated: bool = False):
@@ -194,7 +196,7 @@ class _Index:
             for context in self.store.get_contexts_by_execution(execution_id):
                 if context.type == NODE_CONTEXT:
                     component = context.name.split(".", 1)[-1]
-                elif context.type == RUN_CONTEXT:
+                elif context.type in RUN_CONTEXTS:
                     run = context.name
             self._component[execution_id], self._run[execution_id] = component, run
         return self._component[execution_id], self._run[execution_id]

@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 import tensorflow_model_analysis as tfma
-from tfx import v1 as tfx
+# Direct imports, not `tfx.v1`: that one also loads the Google Cloud extensions (~6 s of
+# every command's start-up, a cached re-run's biggest cost).
+from tfx.components import (Evaluator, ExampleValidator, Pusher, StatisticsGen, Trainer,
+                            Transform, Tuner)
+from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
+from tfx.dsl.components.common.resolver import Resolver
+from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import (
+    LatestBlessedModelStrategy)
+from tfx.orchestration.metadata import sqlite_metadata_connection_config
+from tfx.orchestration.pipeline import Pipeline
+from tfx.proto import pusher_pb2, trainer_pb2, transform_pb2
+from tfx.types import standard_artifacts
+from tfx.types.channel import Channel
 
 from components.baseline_resolver import LatestBlessedBaselineStrategy
 from components.movielens_example_gen.component import MovieLensExampleGen
@@ -45,12 +57,12 @@ def _final_blessings() -> dict:
     """Channels of every Model and of the final (rating + retrieval) blessings: TFMA's
     blessing alone does not make a model blessed."""
     return dict(
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing,
+        model=Channel(type=standard_artifacts.Model),
+        model_blessing=Channel(type=standard_artifacts.ModelBlessing,
                                        producer_component_id=RETRIEVAL_EVALUATOR_ID))
 
 
-def create_pipeline(config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
+def create_pipeline(config: configs.PipelineConfig) -> Pipeline:
     # Raw MovieLens files -> rating examples (train/eval) + the full movie catalog.
     example_gen = MovieLensExampleGen(
         data_dir=config.data_dir, layout=config.layout or None, split=config.split,
@@ -59,21 +71,21 @@ def create_pipeline(config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
     examples = example_gen.outputs["examples"]
 
     # Statistics, the curated schema of this layout, and a gate that stops on anomalies.
-    statistics_gen = tfx.components.StatisticsGen(
+    statistics_gen = StatisticsGen(
         examples=examples, exclude_splits=[CATALOG_SPLIT])
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_file)
-    example_validator = tfx.components.ExampleValidator(
+    schema_gen = ImportSchemaGen(schema_file=config.schema_file)
+    example_validator = ExampleValidator(
         statistics=statistics_gen.outputs["statistics"],
         schema=schema_gen.outputs["schema"], exclude_splits=[CATALOG_SPLIT])
     schema_gate = SchemaGate(anomalies=example_validator.outputs["anomalies"],
                              schema=schema_gen.outputs["schema"])
 
     # Vocabularies, buckets and normalization, analyzed on the train split.
-    transform = tfx.components.Transform(
+    transform = Transform(
         examples=examples,
         schema=schema_gate.outputs["validated_schema"],
         preprocessing_fn="trainer.preprocessing.preprocessing_fn",
-        splits_config=tfx.proto.SplitsConfig(analyze=["train"]),
+        splits_config=transform_pb2.SplitsConfig(analyze=["train"]),
         materialize=False, disable_statistics=True,
         custom_config={
             "timestamp_buckets": int(config.hparams.get(
@@ -83,23 +95,23 @@ def create_pipeline(config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
     # Optionally, a hyperparameter search on a validation split carved out of train.
     tuner = None
     if config.tune_trials:
-        tuner = tfx.components.Tuner(
+        tuner = Tuner(
             tuner_fn="trainer.tuning.tuner_fn", examples=examples,
             transform_graph=transform.outputs["transform_graph"],
-            train_args=tfx.proto.TrainArgs(splits=["train"]),
-            eval_args=tfx.proto.EvalArgs(splits=["train"]),  # never the eval split
+            train_args=trainer_pb2.TrainArgs(splits=["train"]),
+            eval_args=trainer_pb2.EvalArgs(splits=["train"]),  # never the eval split
             custom_config={"hparams": dict(config.hparams), "trials": config.tune_trials,
                            "code": configs.code_fingerprint(*configs.TUNER_CODE)})
 
     # Optionally, warm start from the latest blessed model.
     warm_start = None
     if config.warm_start:
-        warm_start = tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        warm_start = Resolver(
+            strategy_class=LatestBlessedModelStrategy,
             **_final_blessings()).with_id("warm_start_model_resolver")
 
     # The multitask TFRS model, exported with its serving signatures.
-    trainer = tfx.components.Trainer(
+    trainer = Trainer(
         run_fn="trainer.run.run_fn",
         examples=examples,
         transform_graph=transform.outputs["transform_graph"],
@@ -113,13 +125,13 @@ def create_pipeline(config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
     blessed = _final_blessings()
     if config.baseline_excludes_candidate:
         # the candidate itself never is its own baseline: an unchanged re-run stays cached
-        latest_blessed = tfx.dsl.Resolver(
+        latest_blessed = Resolver(
             strategy_class=LatestBlessedBaselineStrategy, candidate=model, **blessed)
     else:  # TFX's own strategy, for orchestrators that support no other (Kubeflow V2)
-        latest_blessed = tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy, **blessed)
+        latest_blessed = Resolver(
+            strategy_class=LatestBlessedModelStrategy, **blessed)
     latest_blessed = latest_blessed.with_id("latest_blessed_model_resolver")
-    evaluator = tfx.components.Evaluator(
+    evaluator = Evaluator(
         examples=examples, model=model, baseline_model=latest_blessed.outputs["model"],
         eval_config=eval_config(config), example_splits=[EVAL_SPLIT])
     # ... then retrieval metrics over the full catalog, against the same baseline; the
@@ -132,13 +144,13 @@ def create_pipeline(config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
     ).with_id(RETRIEVAL_EVALUATOR_ID)
 
     # Only a blessed model reaches the serving directory.
-    pusher = tfx.components.Pusher(
+    pusher = Pusher(
         model=model, model_blessing=retrieval_evaluator.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(
+        push_destination=pusher_pb2.PushDestination(
+            filesystem=pusher_pb2.PushDestination.Filesystem(
                 base_directory=config.serving_dir)))
 
-    return tfx.dsl.Pipeline(
+    return Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, schema_gate,
@@ -146,6 +158,5 @@ def create_pipeline(config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
                     *([warm_start] if warm_start else []), trainer, latest_blessed,
                     evaluator, retrieval_evaluator, pusher],
         enable_cache=config.enable_cache,
-        metadata_connection_config=tfx.orchestration.metadata
-        .sqlite_metadata_connection_config(config.metadata_path),
+        metadata_connection_config=sqlite_metadata_connection_config(config.metadata_path),
         beam_pipeline_args=config.all_beam_args())
