@@ -60,7 +60,7 @@ from typing import Any, Mapping
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide CUDA-probe noise on CPU hosts
 
-from pipeline.configs import PIPELINE_NAME as DAG_ID  # noqa: E402 - stdlib only
+from pipeline.configs import PIPELINE_NAME as DAG_ID  # noqa: E402, F401 - the dag id
 
 DEFAULT_SCHEDULE = "@daily"
 DEFAULT_START_DATE = "2025-01-01"

@@ -2,6 +2,7 @@
 built from it the way the pipeline builds one."""
 
 import os
+import pathlib
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported anywhere
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -89,3 +90,11 @@ def trained_model(tmp_path_factory, example_files, transform_dir):
                                transform_dir, str(out / "model"), HParams(**SMALL_HPARAMS),
                                log_dir=str(out / "logs"))
     return out / "model", summary
+
+
+def serving_snapshot(output_dir):
+    """Every file under OUT/serving/ with its size and mtime: equal snapshots mean nothing
+    was pushed, replaced or touched."""
+    root = pathlib.Path(output_dir, "serving")
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file()}

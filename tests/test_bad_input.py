@@ -22,6 +22,7 @@ from components.movielens_example_gen import executor, synth
 from components.movielens_example_gen import movielens as ml
 from pipeline import cli, configs
 from trainer import features as F
+from conftest import serving_snapshot
 
 FAST = ["--epochs", "3", "--batch-size", "256", "--rmse-upper-bound", "2.0"]
 # The module's one good run only has to push some model: a smaller graph trains in half
@@ -479,13 +480,6 @@ def test_schema_drift_is_read_and_left_to_the_schema(write, synth_data):
 # --- through the CLI ------------------------------------------------------------------------
 
 
-def _snapshot(output_dir):
-    """Every file under serving/ with its size and mtime."""
-    root = pathlib.Path(output_dir, "serving")
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in root.rglob("*") if p.is_file()}
-
-
 @pytest.fixture(scope="module")
 def pushed(tmp_path_factory, synth_data):
     """(data dir, output dir) after one good run that pushed a model. The good data has
@@ -541,7 +535,7 @@ def _run(capsys, d, out):
 @pytest.mark.parametrize("case", CLI_CASES)
 def test_cli_stops_with_one_line_and_keeps_the_pushed_model(case, pushed, write, capsys):
     _, out = pushed
-    before = _snapshot(out)
+    before = serving_snapshot(out)
     layout, corrupt, expected = ERRORS[case]
     d = write(layout)
     corrupt(d)
@@ -554,16 +548,16 @@ def test_cli_stops_with_one_line_and_keeps_the_pushed_model(case, pushed, write,
     assert rc != 0
     assert len(err.splitlines()) == 1, err
     check_message(err, expected, d, prefix="movierec: error: ")
-    assert _snapshot(out) == before
+    assert serving_snapshot(out) == before
 
 
 def test_cli_new_genre_stops_at_the_schema_naming_the_feature(pushed, write, capsys):
     _, out = pushed
-    before = _snapshot(out)
+    before = serving_snapshot(out)
     d = write("ml-100k")
     _add_genre_100k(d, "Superhero")
     rc, err = _run(capsys, d, out)
     assert rc != 0 and len(err.splitlines()) == 1, err
     assert err.startswith("movierec: error: data does not match the schema: ")
     assert "feature 'movie_genres'" in err
-    assert _snapshot(out) == before
+    assert serving_snapshot(out) == before

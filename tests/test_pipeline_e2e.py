@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from components.movielens_example_gen import synth
 from pipeline import cli
+from conftest import serving_snapshot
 
 FAST = ["--epochs", "3", "--batch-size", "256", "--rmse-upper-bound", "2.0"]
 BEAM_ARGS = "--direct_num_workers=1 --direct_running_mode=in_memory"
@@ -21,13 +22,6 @@ BEAM_ARGS = "--direct_num_workers=1 --direct_running_mode=in_memory"
 def _versions(output_dir):
     serving = pathlib.Path(output_dir, "serving", "movierec")
     return sorted(p.name for p in serving.iterdir()) if serving.exists() else []
-
-
-def _snapshot(output_dir):
-    """Every file under serving/ with its size and mtime."""
-    root = pathlib.Path(output_dir, "serving")
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in root.rglob("*") if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -93,14 +87,14 @@ def _inspect(capsys, *args):
 
 def test_unchanged_rerun_is_cached_and_pushes_nothing(first_run, ml100k_dir, capsys):
     _, out = first_run
-    before = _snapshot(out)
+    before = serving_snapshot(out)
     capsys.readouterr()
     assert cli.main(["run", "--data-dir", str(ml100k_dir), "--output-dir", str(out), *FAST,
                      f"--beam-pipeline-args={BEAM_ARGS}"]) == 0
     lines = _lines(capsys.readouterr().out)
     resolvers = {c for c in lines if c.endswith("_resolver")}
     assert lines and all(lines[c] == "cached" for c in set(lines) - resolvers), lines
-    assert _snapshot(out) == before  # the same model is not pushed again
+    assert serving_snapshot(out) == before  # the same model is not pushed again
 
     runs = _inspect(capsys, "runs", "--output-dir", str(out))
     first, second = runs[0], runs[-1]
@@ -156,7 +150,7 @@ def test_inspect_artifacts_lineage_and_diff(first_run, ml100k_dir, capsys):
 def test_bad_input_fails_in_one_line_and_keeps_the_pushed_model(
         first_run, tmp_path, synth_data, capsys, corruption):
     _, out = first_run
-    before = _snapshot(out)
+    before = serving_snapshot(out)
     bad = synth.write_ml100k(tmp_path / "bad", synth_data)
     lines = (bad / "u.data").read_text().splitlines()
     if corruption == "rating_out_of_range":
@@ -175,14 +169,14 @@ def test_bad_input_fails_in_one_line_and_keeps_the_pushed_model(
     expected = {"rating_out_of_range": "u.data line 8", "wrong_delimiter": "u.data line 1",
                 "missing_file": "no MovieLens files"}[corruption]
     assert expected in err
-    assert _snapshot(out) == before  # the pushed model is untouched
+    assert serving_snapshot(out) == before  # the pushed model is untouched
 
 
 def test_anomalies_stop_the_run_before_transform(first_run, tmp_path, synth_data, capsys):
     """Data that parses but breaks the curated schema (an occupation ml-100k does not have)
     stops at the gate, naming the feature."""
     _, out = first_run
-    before = _snapshot(out)
+    before = serving_snapshot(out)
     bad = synth.write_ml100k(tmp_path / "drift", synth_data)
     users = (bad / "u.user").read_text().replace("|writer|", "|astronaut|")
     (bad / "u.user").write_text(users)
@@ -191,7 +185,7 @@ def test_anomalies_stop_the_run_before_transform(first_run, tmp_path, synth_data
     err = capsys.readouterr().err.strip()
     assert rc != 0 and len(err.splitlines()) == 1
     assert "user_occupation" in err
-    assert _snapshot(out) == before
+    assert serving_snapshot(out) == before
 
 
 def test_evaluate_the_pushed_model_from_outside(first_run, ml100k_dir, tmp_path, capsys):
@@ -227,7 +221,7 @@ def test_a_worse_model_is_not_blessed_and_not_pushed(first_run, ml100k_dir, caps
     """A model trained for a fraction of an epoch after a good one was pushed: the run
     succeeds, upstream components come from the cache, nothing is pushed."""
     _, out = first_run
-    before, versions = _snapshot(out), _versions(out)
+    before, versions = serving_snapshot(out), _versions(out)
     capsys.readouterr()
     rc = cli.main(["run", "--data-dir", str(ml100k_dir), "--output-dir", str(out), *FAST,
                    "--hparam", "max_steps=1"])
@@ -235,7 +229,7 @@ def test_a_worse_model_is_not_blessed_and_not_pushed(first_run, ml100k_dir, caps
     assert rc == 0
     assert "MovieLensExampleGen" in printed and "cached" in printed
     assert "not pushed" in printed
-    assert _versions(out) == versions and _snapshot(out) == before
+    assert _versions(out) == versions and serving_snapshot(out) == before
     assert cli.main(["inspect", "metrics", "--output-dir", str(out), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["blessed"] is False and metrics["pushed_model"] is None
