@@ -557,9 +557,12 @@ def entry() -> None:
     """The console script: main(), then exit at once. TensorFlow's function objects would
     otherwise print "Exception ignored in AtomicFunction.__del__" noise while the
     interpreter tears down after a pipeline run; everything is written and flushed by then."""
-    rc = main(started=_PROCESS_START)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    try:
+        rc = main(started=_PROCESS_START)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # `movierec inspect runs | head`: the reader has gone
+        rc = 0
     os._exit(rc)
 
 

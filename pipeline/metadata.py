@@ -23,9 +23,14 @@ def connect(path: str) -> metadata_store.MetadataStore:
         path = os.path.join(path, "metadata.sqlite")
     if not os.path.isfile(path):
         raise MetadataError(f"no metadata store at {path}: run `movierec run` first")
+    return _connect(path, writable=False)
+
+
+def _connect(path: str, writable: bool) -> metadata_store.MetadataStore:
+    modes = metadata_store_pb2.SqliteMetadataSourceConfig
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    config.sqlite.connection_mode = modes.READWRITE if writable else modes.READONLY
     return metadata_store.MetadataStore(config)
 
 
@@ -374,10 +379,7 @@ def annotate_run(path: str, values: dict, beam_components=(), beam_args=None,
     command's wall time etc. on the pipeline_run context, and the Beam pipeline args on
     the executions of the Beam-powered components of that run. Nothing when no run was
     added since there were `runs_before`."""
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
-    store = metadata_store.MetadataStore(config)
+    store = _connect(path, writable=True)
     all_runs = runs(store)
     if len(all_runs) <= runs_before:
         return
@@ -411,10 +413,7 @@ def close_interrupted(path: str) -> int:
     Returns how many executions were closed."""
     if not os.path.isfile(path):
         return 0
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
-    store = metadata_store.MetadataStore(config)
+    store = _connect(path, writable=True)
     open_states = (metadata_store_pb2.Execution.RUNNING, metadata_store_pb2.Execution.NEW)
     stale = [e for e in store.get_executions() if e.last_known_state in open_states]
     if not stale:
