@@ -3,6 +3,7 @@ built from it the way the pipeline builds one."""
 
 import os
 import pathlib
+import re
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported anywhere
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -98,3 +99,9 @@ def serving_snapshot(output_dir):
     root = pathlib.Path(output_dir, "serving")
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in root.rglob("*") if p.is_file()}
+
+
+def progress_states(printed: str) -> dict:
+    """{component: 'done' | 'cached'} from the progress lines `movierec run` prints
+    (`[  12.3s] Transform   cached   0.1s`)."""
+    return dict(re.findall(r"^\[\s*[\d.]+s\]\s+(\S+)\s+(\S+)", printed, re.M))

@@ -2,12 +2,12 @@
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 
+from conftest import progress_states
 from pipeline import cli, metadata
 
 MOVIEREC = os.path.join(os.path.dirname(sys.executable), "movierec")
@@ -52,7 +52,7 @@ def test_killed_trainer_then_rerun_completes_from_cache(ml100k_dir, tmp_path, ca
 
     rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    lines = dict(re.findall(r"^\[\s*[\d.]+s\]\s+(\S+)\s+(\S+)", rerun.stdout, re.M))
+    lines = progress_states(rerun.stdout)
     for upstream in ("MovieLensExampleGen", "StatisticsGen", "SchemaGate", "Transform"):
         assert lines[upstream] == "cached", rerun.stdout
     assert lines["Trainer"] == "done" and lines["Pusher"] == "done"

@@ -4,7 +4,6 @@ data, driven through the `movierec` CLI as a user would, then the pushed SavedMo
 import json
 import os
 import pathlib
-import re
 import shutil
 
 import numpy as np
@@ -13,7 +12,7 @@ import tensorflow as tf
 
 from components.movielens_example_gen import synth
 from pipeline import cli
-from conftest import serving_snapshot
+from conftest import progress_states, serving_snapshot
 
 FAST = ["--epochs", "3", "--batch-size", "256", "--rmse-upper-bound", "2.0"]
 BEAM_ARGS = "--direct_num_workers=1 --direct_running_mode=in_memory"
@@ -74,11 +73,6 @@ def test_pushed_model_answers_both_signatures(first_run, ml100k_dir):
     assert rating.shape == (20,) and np.all(np.isfinite(rating.numpy()))
 
 
-def _lines(printed):
-    """{component: 'done' | 'cached'} of a run's progress lines."""
-    return dict(re.findall(r"^\[\s*[\d.]+s\]\s+(\S+)\s+(\S+)", printed, re.M))
-
-
 def _inspect(capsys, *args):
     capsys.readouterr()
     assert cli.main(["inspect", *args, "--json"]) == 0
@@ -91,7 +85,7 @@ def test_unchanged_rerun_is_cached_and_pushes_nothing(first_run, ml100k_dir, cap
     capsys.readouterr()
     assert cli.main(["run", "--data-dir", str(ml100k_dir), "--output-dir", str(out), *FAST,
                      f"--beam-pipeline-args={BEAM_ARGS}"]) == 0
-    lines = _lines(capsys.readouterr().out)
+    lines = progress_states(capsys.readouterr().out)
     resolvers = {c for c in lines if c.endswith("_resolver")}
     assert lines and all(lines[c] == "cached" for c in set(lines) - resolvers), lines
     assert serving_snapshot(out) == before  # the same model is not pushed again
@@ -266,7 +260,7 @@ def test_new_data_reruns_examplegen_and_warm_starts_the_trainer(first_run, ml100
     capsys.readouterr()
     assert cli.main(["run", "--data-dir", str(data), "--output-dir", str(out), *FAST,
                      "--warm-start"]) == 0
-    lines = _lines(capsys.readouterr().out)
+    lines = progress_states(capsys.readouterr().out)
     for component in ("MovieLensExampleGen", "StatisticsGen", "Transform", "Trainer"):
         assert lines[component] == "done", lines
     runs = _inspect(capsys, "runs", "--output-dir", str(out))
