@@ -157,7 +157,7 @@ def plain_script(data_dir: str, out_dir: str, run_args: list) -> dict:
     phase("train_and_export")
     return {"phases": phases, "train_examples": counts[executor.TRAIN],
             "eval_examples": counts[executor.EVAL], "catalog": len(movies),
-            "epochs": hp.epochs, "trainer_seconds": summary["seconds"],
+            "epochs": summary["epochs"], "trainer_seconds": summary["seconds"],
             "final_loss": (summary["history"].get("loss") or [None])[-1]}
 
 

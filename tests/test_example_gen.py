@@ -95,3 +95,23 @@ def test_ratings_of_movies_missing_from_the_catalog_fail_clearly(tmp_path, synth
 def test_unknown_split_is_refused():
     with pytest.raises(ValueError, match="fold:NAME"):
         executor.ratings_sources("sometimes")
+
+
+def test_fast_encoder_writes_the_same_examples_as_protobuf(ml100k_dir):
+    """The executor's ExampleEncoder reuses each movie's and user's serialized features;
+    every example must parse to exactly the protobuf-built one (user or no user, unicode
+    titles, half stars, many genres, no genre)."""
+    movies = movielens.read_movies(str(ml100k_dir), "ml-100k")
+    users = movielens.read_users(str(ml100k_dir), "ml-100k")
+    ratings = list(movielens.iter_ratings(str(ml100k_dir), "ml-100k"))[:300]
+    some_users = sorted(users)
+    movies["x"] = movielens.Movie("x", "Amélie (2001) — 東京", (), 0)
+    movies["y"] = movielens.Movie("y", "", tuple(f"g{i}" for i in range(30)), 1999)
+    encoder = executor.ExampleEncoder(movies, users)
+    ratings += [movielens.Rating(some_users[0], "x", 4.5, 2**40),
+                movielens.Rating("no-such-user", "y", 0.5, 0),
+                movielens.Rating(some_users[1], "y", 5.0, 1)]
+    for rating in ratings:
+        expected = executor.rating_example(rating, movies[rating.movie_id],
+                                           users.get(rating.user_id))
+        assert tf.train.Example.FromString(encoder.encode(rating)) == expected

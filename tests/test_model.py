@@ -173,6 +173,31 @@ def test_a_training_example_never_sees_its_own_movie_in_the_history():
     np.testing.assert_allclose(tower(other_target), tower(without_movie), rtol=1e-6)
 
 
+def test_a_rating_never_sees_its_own_user_among_the_movies_raters():
+    from trainer.model import candidate_tower, user_history
+
+    hp = HParams(rater_history_len=4, **SMALL)
+    vocab = _vocab()
+    # movie 7 was rated by users 2 and 4 (movies and users swapped: raters per movie)
+    raters = user_history(np.array([7, 7]), np.array([2, 4]), np.array([1.0, 2.0]),
+                          np.array([1.0, 5.0]), vocab.sizes[F.MOVIE_ID_XF], 4)
+    tower = candidate_tower(vocab, hp, raters=raters)
+    batch = dict(_batch(n=1), **{F.MOVIE_ID_XF: tf.constant([7])})
+    asked_by_4 = dict(batch, **{F.USER_ID_XF: tf.constant([4])})
+    asked_by_9 = dict(batch, **{F.USER_ID_XF: tf.constant([9])})
+    no_user = {k: v for k, v in batch.items() if k != F.USER_ID_XF}
+    assert not np.allclose(tower(asked_by_4), tower(asked_by_9))
+    np.testing.assert_allclose(tower(asked_by_9), tower(no_user), rtol=1e-6)
+
+
+def test_large_training_sets_get_fewer_epochs_never_less_than_one():
+    hp = HParams(epochs=6, example_budget=2_500_000)
+    assert hp.epochs_for(80_000) == 6  # ML-100K: the tuned 6 epochs
+    assert hp.epochs_for(800_000) == 3
+    assert hp.epochs_for(8_000_000) == 1
+    assert HParams(epochs=6, example_budget=0).epochs_for(8_000_000) == 6
+
+
 def test_retrieval_metrics_agree_with_what_recommend_serves(exported, example_files):
     from trainer import evaluation
 

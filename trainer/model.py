@@ -41,10 +41,17 @@ class HParams:
     remove_accidental_hits: bool = True
     temperature: float = 1.0
     l2: float = 0.0
+    # L2 on the rating head's own towers (its embeddings and projections) only.
+    rating_l2: float = 0.0
     optimizer: str = "adam"
     learning_rate: float = 0.005
     lr_schedule: str = "cosine"  # decay to 5% over the training steps, or "constant"
     epochs: int = 6
+    # Examples the Trainer may process in all: `epochs` full passes, fewer when they would
+    # exceed this budget, and never less than one (0: no budget). ML-100K's 80K training
+    # ratings get all 6 epochs; 1M ratings get 3; 10M ratings one. Larger data needs fewer
+    # passes (on 1M synthetic ratings retrieval was best after the first epoch).
+    example_budget: int = 2_500_000
     # Stop after this many batches (0: full epochs). For smoke tests and the worse-model
     # check of the blessing; never a sensible production setting.
     max_steps: int = 0
@@ -56,6 +63,10 @@ class HParams:
     session_tau: float = 1800.0
     # Also pool the history weighted by the user's (centred) ratings: likes and dislikes.
     history_ratings: bool = True
+    # Users who rated the movie in training (its `rater_history_len` most recent raters,
+    # weighted by their centred ratings, as in item-based AutoRec) read by the rating
+    # head's movie tower; the asking user is left out of them (0: off).
+    rater_history_len: int = 0
     timestamp_buckets: int = F.DEFAULT_TIMESTAMP_BUCKETS
     # Retrieval index in the exported model: "brute_force" (exact) or "scann" (approximate,
     # for catalogs of tens of thousands of movies and more).
@@ -87,12 +98,17 @@ class HParams:
         return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in d.items()},
                           sort_keys=True)
 
-    def make_optimizer(self, steps_per_epoch: int = 1):
+    def epochs_for(self, train_examples: int) -> int:
+        """The number of full passes over `train_examples` ratings (see example_budget)."""
+        if self.example_budget <= 0 or train_examples <= 0:
+            return self.epochs
+        return max(1, min(self.epochs, self.example_budget // train_examples))
+
+    def make_optimizer(self, total_steps: int = 1):
         rate = self.learning_rate
         if self.lr_schedule == "cosine":
             rate = tf.keras.optimizers.schedules.CosineDecay(
-                self.learning_rate, decay_steps=max(1, self.epochs * steps_per_epoch),
-                alpha=0.05)
+                self.learning_rate, decay_steps=max(1, total_steps), alpha=0.05)
         elif self.lr_schedule != "constant":
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r} (constant, cosine)")
         name = self.optimizer.lower()
@@ -155,7 +171,7 @@ class _Tower(tf.keras.layers.Layer):
     left out of its own user's history, so the model never sees the answer."""
 
     def __init__(self, keys, vocab: Vocab, hp: HParams, layers, main_keys, name,
-                 history=None):
+                 history=None, raters=None):
         super().__init__(name=name)
         self._keys = tuple(keys)
         self._embeddings = {}
@@ -188,6 +204,18 @@ class _Tower(tf.keras.layers.Layer):
                 self._session_embedding = tf.keras.layers.Embedding(
                     vocab.sizes[F.MOVIE_ID_XF] + 1, hp.embedding_dim,
                     embeddings_regularizer=_regularizer(hp), name="session_embedding")
+        self._raters = None
+        if raters is not None:
+            users, _, ratings = raters
+            self._raters = tf.Variable(users, trainable=False, dtype=tf.int32, name="raters")
+            self._rater_rating = tf.Variable(ratings, trainable=False, dtype=tf.float32,
+                                             name="rater_rating")
+            self._rater_embedding = tf.keras.layers.Embedding(
+                vocab.sizes[F.USER_ID_XF] + 1, hp.embedding_dim,
+                embeddings_regularizer=_regularizer(hp), name="rater_embedding")
+            self._rater_rated_embedding = tf.keras.layers.Embedding(
+                vocab.sizes[F.USER_ID_XF] + 1, hp.embedding_dim,
+                embeddings_regularizer=_regularizer(hp), name="rater_rated_embedding")
         self._project = _mlp(layers, hp.embedding_dim, hp, name=f"{name}_mlp")
 
     def call(self, inputs, training=False):
@@ -222,6 +250,18 @@ class _Tower(tf.keras.layers.Layer):
                 emb = self._session_embedding(history)
                 parts.append(tf.reduce_sum(emb * weight[..., None], axis=1)
                              / (tf.reduce_sum(weight, axis=1, keepdims=True) + 1e-3))
+        if self._raters is not None:
+            movies = tf.reshape(inputs[F.MOVIE_ID_XF], [-1])
+            raters = tf.gather(self._raters, movies)
+            keep = tf.not_equal(raters, 0)
+            if F.USER_ID_XF in inputs:  # never the asking user's own rating
+                asking = tf.cast(tf.reshape(inputs[F.USER_ID_XF], [-1, 1]), tf.int32) + 1
+                keep &= tf.not_equal(raters, asking)
+            parts.append(_masked_mean(self._rater_embedding, raters, keep))
+            centred = tf.gather(self._rater_rating, movies) * tf.cast(keep, tf.float32)
+            count = tf.reduce_sum(tf.cast(keep, tf.float32), axis=1, keepdims=True)
+            parts.append(tf.reduce_sum(self._rater_rated_embedding(raters) * centred[..., None],
+                                       axis=1) / tf.sqrt(tf.maximum(count, 1.0)))
         return self._project(tf.concat(parts, axis=1), training=training)
 
 
@@ -231,15 +271,16 @@ def query_tower(vocab: Vocab, hp: HParams, name="query_tower", history=None):
                   history=history if hp.history_len else None)
 
 
-def candidate_tower(vocab: Vocab, hp: HParams, name="candidate_tower"):
+def candidate_tower(vocab: Vocab, hp: HParams, name="candidate_tower", raters=None):
     return _Tower(F.CANDIDATE_XF, vocab, hp, hp.candidate_layers,
-                  main_keys=(F.MOVIE_ID_XF, F.TITLE_TOKENS_XF, F.GENRES_XF), name=name)
+                  main_keys=(F.MOVIE_ID_XF, F.TITLE_TOKENS_XF, F.GENRES_XF), name=name,
+                  raters=raters if hp.rater_history_len else None)
 
 
 def user_history(users, movies, times, ratings, num_users: int, length: int):
     """Three [num_users, length] tables, newest first: each user's `length` most recent
     movies (movie_id_xf + 1, 0-padded), their times (timestamp_s) and their ratings minus
-    the mean rating."""
+    the mean rating. With users and movies swapped: each movie's most recent raters."""
     table = np.zeros((num_users, max(length, 1)), dtype=np.int32)
     when = np.zeros((num_users, max(length, 1)), dtype=np.float32)
     centred = np.zeros((num_users, max(length, 1)), dtype=np.float32)
@@ -262,12 +303,14 @@ class _RatingHead(tf.keras.layers.Layer):
     """Predicts the rating of (query, movie) from the two embeddings (+ biases)."""
 
     def __init__(self, vocab: Vocab, hp: HParams, mean_rating: float, history=None,
-                 name="rating_head"):
+                 raters=None, name="rating_head"):
         super().__init__(name=name)
         self._separate = hp.rating_tower == "separate"
         if self._separate:
+            hp = dataclasses.replace(hp, l2=hp.rating_l2 or hp.l2)
             self.query = query_tower(vocab, hp, name="rating_query_tower", history=history)
-            self.candidate = candidate_tower(vocab, hp, name="rating_candidate_tower")
+            self.candidate = candidate_tower(vocab, hp, name="rating_candidate_tower",
+                                             raters=raters)
             self.user_bias = tf.keras.layers.Embedding(
                 vocab.sizes[F.USER_ID_XF], 1, embeddings_initializer="zeros", name="user_bias")
             self.movie_bias = tf.keras.layers.Embedding(
@@ -293,10 +336,12 @@ class RatingModel(tf.keras.layers.Layer):
     """The mean of `rating_heads` independently initialised and trained rating heads (an
     ensemble inside the model: each head learns from its own loss)."""
 
-    def __init__(self, vocab: Vocab, hp: HParams, mean_rating: float, history=None):
+    def __init__(self, vocab: Vocab, hp: HParams, mean_rating: float, history=None,
+                 raters=None):
         super().__init__(name="rating_model")
         count = hp.rating_heads if hp.rating_tower == "separate" else 1
-        self.heads = [_RatingHead(vocab, hp, mean_rating, history, name=f"rating_head_{i}")
+        self.heads = [_RatingHead(vocab, hp, mean_rating, history, raters,
+                                  name=f"rating_head_{i}")
                       for i in range(count)]
 
     def call(self, features, query_embedding, candidate_embedding, training=False):
@@ -310,15 +355,19 @@ class MovieRecModel(tfrs.Model):
     """Retrieval (in-batch softmax over movies) + rating regression, trained jointly."""
 
     def __init__(self, vocab: Vocab, hp: HParams, movie_log_prob=None, mean_rating=3.5,
-                 history=None):
-        """history: user_history(...) of the training ratings, or None for no history."""
+                 history=None, raters=None):
+        """history: user_history(...) of the training ratings (None: empty tables);
+        raters: the same per movie (movie_raters(...))."""
         super().__init__()
         self.hp = hp
         if history is None and hp.history_len:
             history = user_history([], [], [], [], vocab.sizes[F.USER_ID_XF], hp.history_len)
+        if raters is None and hp.rater_history_len:
+            raters = user_history([], [], [], [], vocab.sizes[F.MOVIE_ID_XF],
+                                  hp.rater_history_len)
         self.query_tower = query_tower(vocab, hp, history=history)
         self.candidate_tower = candidate_tower(vocab, hp)
-        self.rating_model = RatingModel(vocab, hp, mean_rating, history=history)
+        self.rating_model = RatingModel(vocab, hp, mean_rating, history=history, raters=raters)
         # log P(movie is sampled as an in-batch negative), indexed by movie_id_xf.
         self._log_prob = (None if movie_log_prob is None
                           else tf.constant(movie_log_prob, tf.float32))

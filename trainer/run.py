@@ -123,10 +123,15 @@ def build_model(train: dict, vocab: Vocab, hp: HParams):
     log_prob = np.log((counts + 1.0) / (counts.sum() + len(counts)))
     history = user_history(train[F.USER_ID_XF], train[F.MOVIE_ID_XF], train[F.TIMESTAMP_S_XF],
                            train[F.RATING_XF], vocab.sizes[F.USER_ID_XF], hp.history_len)
+    raters = user_history(train[F.MOVIE_ID_XF], train[F.USER_ID_XF], train[F.TIMESTAMP_S_XF],
+                          train[F.RATING_XF], vocab.sizes[F.MOVIE_ID_XF],
+                          hp.rater_history_len) if hp.rater_history_len else None
     model = MovieRecModel(vocab, hp, movie_log_prob=log_prob,
-                          mean_rating=float(np.mean(train[F.RATING_XF])), history=history)
+                          mean_rating=float(np.mean(train[F.RATING_XF])), history=history,
+                          raters=raters)
     steps_per_epoch = -(-len(train[F.RATING_XF]) // hp.batch_size)
-    model.compile(optimizer=hp.make_optimizer(steps_per_epoch))
+    model.compile(optimizer=hp.make_optimizer(
+        steps_per_epoch * hp.epochs_for(len(train[F.RATING_XF]))))
     return model, counts
 
 
@@ -151,7 +156,8 @@ def fit(train: dict, vocab: Vocab, hp: HParams, validation: dict | None = None,
     if hp.max_steps:
         dataset, steps = dataset.repeat(), {"steps_per_epoch": hp.max_steps}
     history = model.fit(
-        dataset, epochs=1 if hp.max_steps else hp.epochs, verbose=0, **steps,
+        dataset, epochs=1 if hp.max_steps else hp.epochs_for(len(train[F.RATING_XF])),
+        verbose=0, **steps,
         validation_data=training_dataset(validation, hp, shuffle=False) if validation
         else None,
         callbacks=[_LogEpochs()] + list(callbacks))
@@ -185,6 +191,7 @@ def train_and_export(train_files, catalog_files, transform_output: str, serving_
     history = {k: [float(x) for x in v] for k, v in history.items()}
     summary = {"history": history, "hparams": json.loads(hp.to_json()),
                "train_examples": int(len(train[F.RATING_XF])),
+               "epochs": hp.epochs_for(len(train[F.RATING_XF])),
                "validation_examples": int(len(validation[F.RATING_XF])) if validation else 0,
                "catalog_size": int(len(catalog_xf_ids)),
                "warm_start": {"base_model": base_model, **warm} if base_model else None,

@@ -13,6 +13,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from tfx.components.tuner.component import TunerFnResult
 
+from trainer import features as F
 from trainer import run
 from trainer.model import HParams, Vocab
 
@@ -94,5 +95,5 @@ def tuner_fn(fn_args) -> TunerFnResult:
     return TunerFnResult(tuner=tuner, fit_kwargs={
         "x": run.training_dataset(train, base),
         "validation_data": run.training_dataset(validation, base, shuffle=False),
-        "epochs": base.epochs,
+        "epochs": base.epochs_for(len(train[F.RATING_XF])),
     })

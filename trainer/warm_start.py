@@ -20,6 +20,8 @@ from trainer import features as F
 
 # Embedding tables of movie ids inside a user's history (row 0: padding).
 _MOVIE_HISTORY_TABLES = ("_history_embedding", "_rated_embedding", "_session_embedding")
+# ... and of user ids among a movie's raters.
+_RATER_TABLES = ("_rater_embedding", "_rater_rated_embedding")
 
 
 def _table_vocab(path: str):
@@ -34,6 +36,8 @@ def _table_vocab(path: str):
         return F.MOVIE_ID_XF, 0
     if any(t in parts for t in _MOVIE_HISTORY_TABLES):
         return F.MOVIE_ID_XF, 1
+    if any(t in parts for t in _RATER_TABLES):
+        return F.USER_ID_XF, 1
     return None
 
 
