@@ -196,6 +196,7 @@ def test_large_training_sets_get_fewer_epochs_never_less_than_one():
     assert hp.epochs_for(800_000) == 3
     assert hp.epochs_for(8_000_000) == 1
     assert HParams(epochs=6, example_budget=0).epochs_for(8_000_000) == 6
+    assert HParams(epochs=0).epochs_for(8_000_000) == 0  # build and export only
 
 
 def test_retrieval_metrics_agree_with_what_recommend_serves(exported, example_files):

@@ -126,3 +126,7 @@ QUERY_XF = (
 CANDIDATE_XF = (MOVIE_ID_XF, TITLE_TOKENS_XF, GENRES_XF, YEAR_BUCKET_XF)
 # Read by the query towers' session pooling, not embedded.
 CONTEXT_XF = (TIMESTAMP_S_XF,)
+# Transformed features that are functions of the movie alone, and of the user alone: the
+# Trainer keeps them once per movie / user and looks them up per batch.
+MOVIE_LEVEL_XF = (TITLE_TOKENS_XF, GENRES_XF, YEAR_BUCKET_XF)
+USER_LEVEL_XF = (AGE_BUCKET_XF, GENDER_XF, OCCUPATION_XF, ZIP_PREFIX_XF)

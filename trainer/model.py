@@ -102,7 +102,7 @@ class HParams:
         """The number of full passes over `train_examples` ratings (see example_budget)."""
         if self.example_budget <= 0 or train_examples <= 0:
             return self.epochs
-        return max(1, min(self.epochs, self.example_budget // train_examples))
+        return min(self.epochs, max(1, self.example_budget // train_examples))
 
     def make_optimizer(self, total_steps: int = 1):
         rate = self.learning_rate

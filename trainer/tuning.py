@@ -13,7 +13,6 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from tfx.components.tuner.component import TunerFnResult
 
-from trainer import features as F
 from trainer import run
 from trainer.model import HParams, Vocab
 
@@ -78,9 +77,9 @@ def tuner_fn(fn_args) -> TunerFnResult:
     base = HParams.from_dict(base_values)
     tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     vocab = Vocab.from_tft_output(tft_output, base.timestamp_buckets)
-    columns, _ = run.load_ratings(run.tfrecord_files(fn_args.train_files),
+    ratings, _ = run.load_ratings(run.tfrecord_files(fn_args.train_files),
                                   tft_output.transform_features_layer())
-    train, validation = run.split_validation(columns, base.validation_fraction or 0.1,
+    train, validation = run.split_validation(ratings, base.validation_fraction or 0.1,
                                              base.seed)
 
     def build(values):
@@ -95,5 +94,5 @@ def tuner_fn(fn_args) -> TunerFnResult:
     return TunerFnResult(tuner=tuner, fit_kwargs={
         "x": run.training_dataset(train, base),
         "validation_data": run.training_dataset(validation, base, shuffle=False),
-        "epochs": base.epochs_for(len(train[F.RATING_XF])),
+        "epochs": base.epochs_for(len(train)),
     })
