@@ -243,3 +243,30 @@ def test_scann_index_exports_and_agrees_with_brute_force(exported, tmp_path, exa
     b = exact.signatures["recommend"](user_id=users)["movie_ids"].numpy()
     overlap = np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(a, b)])
     assert overlap >= 0.9  # same seed, same weights; only the index differs
+
+
+def test_early_stopping_keeps_the_best_validation_epoch(example_files, transform_dir):
+    """With a validation split carved out of train, training ends on the weights of the
+    epoch with the best validation objective (RMSE + retrieval loss per example), wherever
+    training stopped."""
+    import tensorflow_transform as tft
+
+    from trainer import run
+
+    hp = HParams.from_dict({**SMALL, "epochs": 8, "learning_rate": 0.05,
+                            "validation_fraction": 0.2, "early_stopping_patience": 1})
+    tft_output = tft.TFTransformOutput(transform_dir)
+    ratings, _ = run.load_ratings(run.tfrecord_files(example_files["train"]),
+                                  tft_output.transform_features_layer())
+    train, validation = run.split_validation(ratings, hp.validation_fraction, hp.seed)
+    vocab = Vocab.from_tft_output(tft_output, hp.timestamp_buckets)
+    model, _, history = run.fit(train, vocab, hp, validation)
+    objective = history[run.VAL_OBJECTIVE]
+    assert 1 <= len(objective) <= 8
+    final = model.evaluate(run.training_dataset(validation, hp, shuffle=False),
+                           return_dict=True, verbose=0)
+    # the Keras metrics average over batches as the epoch-end validation did
+    np.testing.assert_allclose(final["rmse"] + final["retrieval_loss"] / hp.batch_size,
+                               min(objective), rtol=1e-4)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        HParams.from_dict({"early_stopping_patience": 2})

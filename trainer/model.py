@@ -73,6 +73,9 @@ class HParams:
     index: str = "brute_force"
     # Share of the training split held out to watch (never the eval split).
     validation_fraction: float = 0.0
+    # With a validation split: stop when the validation objective (RMSE + retrieval loss
+    # per example) has not improved for this many epochs; keep the best epoch (0: off).
+    early_stopping_patience: int = 0
     seed: int = 42
 
     @classmethod
@@ -91,6 +94,10 @@ class HParams:
             raise ValueError("index must be 'brute_force' or 'scann'")
         if values.get("rating_tower", "separate") not in ("shared", "separate"):
             raise ValueError("rating_tower must be 'shared' or 'separate'")
+        if (values.get("early_stopping_patience", 0) > 0
+                and values.get("validation_fraction", 0) <= 0):
+            raise ValueError("early_stopping_patience needs a validation split: set "
+                             "validation_fraction (e.g. 0.05)")
         return cls(**values)
 
     def to_json(self) -> str:

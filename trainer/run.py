@@ -192,6 +192,33 @@ def split_validation(ratings: Ratings, fraction: float, seed: int):
     return ratings.take(order[cut:]), ratings.take(order[:cut])
 
 
+VAL_OBJECTIVE = "val_objective"
+
+
+class ValidationObjective(tf.keras.callbacks.Callback):
+    """Adds val_objective = val_rmse + the validation retrieval loss per example: both
+    tasks count (the Tuner minimises it, early stopping watches it)."""
+
+    def __init__(self, batch_size: int):
+        super().__init__()
+        self._batch = batch_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and "val_rmse" in logs:
+            logs[VAL_OBJECTIVE] = logs["val_rmse"] + logs["val_retrieval_loss"] / self._batch
+
+
+def early_stopping(hp: HParams) -> list:
+    """Callbacks that stop training when the validation objective stops improving and keep
+    the best epoch's weights (when hp.early_stopping_patience > 0)."""
+    if hp.early_stopping_patience <= 0:
+        return []
+    return [ValidationObjective(hp.batch_size),
+            tf.keras.callbacks.EarlyStopping(monitor=VAL_OBJECTIVE, mode="min",
+                                             patience=hp.early_stopping_patience,
+                                             restore_best_weights=True)]
+
+
 class _LogEpochs(tf.keras.callbacks.Callback):
     """One log line per epoch (the CLI sends logs to the run's log file)."""
 
@@ -243,7 +270,8 @@ def fit(train: Ratings, vocab: Vocab, hp: HParams, validation: Ratings | None = 
         verbose=0, **steps,
         validation_data=(training_dataset(validation, hp, shuffle=False)
                          if validation is not None else None),
-        callbacks=[_LogEpochs()] + list(callbacks))
+        callbacks=(early_stopping(hp) if validation is not None else [])
+        + [_LogEpochs()] + list(callbacks))
     return model, counts, history.history
 
 

@@ -24,19 +24,7 @@ SEARCH_SPACE = {
     "embedding_dim": [32, 64],
     "history_len": [100, 200],
 }
-OBJECTIVE = "val_objective"
-
-
-class _Objective(tf.keras.callbacks.Callback):
-    """Adds val_objective = val_rmse + the validation retrieval loss per example."""
-
-    def __init__(self, batch_size: int):
-        super().__init__()
-        self._batch = batch_size
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None and "val_rmse" in logs:
-            logs[OBJECTIVE] = logs["val_rmse"] + logs["val_retrieval_loss"] / self._batch
+OBJECTIVE = run.VAL_OBJECTIVE
 
 
 class MovieRecTuner(keras_tuner.engine.base_tuner.BaseTuner):
@@ -53,7 +41,7 @@ class MovieRecTuner(keras_tuner.engine.base_tuner.BaseTuner):
     def run_trial(self, trial, x=None, validation_data=None, epochs=1, **_):
         model = self._build_model(trial.hyperparameters.values)
         history = model.fit(x, validation_data=validation_data, epochs=epochs, verbose=0,
-                            callbacks=[_Objective(self._batch)])
+                            callbacks=[run.ValidationObjective(self._batch)])
         return {OBJECTIVE: float(history.history[OBJECTIVE][-1])}
 
     def save_model(self, trial_id, model, step=0):
