@@ -9,7 +9,6 @@ values through its `hyperparameters` input (see run.hparams_for).
 from __future__ import annotations
 
 import keras_tuner
-import tensorflow as tf
 import tensorflow_transform as tft
 from tfx.components.tuner.component import TunerFnResult
 
