@@ -448,7 +448,9 @@ def _add_run_arguments(run) -> None:
                      help="random: seeded 80/20 (default); time: newest 20%% held out; "
                      "fold:NAME: NAME.base/NAME.test (ml-100k's fold:u1 ... fold:u5)")
     run.add_argument("--seed", type=int, default=42)
-    run.add_argument("--epochs", type=int)
+    run.add_argument("--epochs", type=int,
+                     help="full passes over the training ratings (default 6), capped by the "
+                     "example budget for large data (--hparam example_budget=0 lifts it)")
     run.add_argument("--batch-size", type=int)
     run.add_argument("--learning-rate", type=float)
     run.add_argument("--embedding-dim", type=int)
