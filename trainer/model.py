@@ -169,6 +169,15 @@ def _masked_mean(embeddings, ids, keep):
             / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0))
 
 
+def _rating_weighted_sum(embeddings, ids, centred, keep):
+    """Sum of embeddings[ids] weighted by the centred ratings, over the positions where
+    `keep` holds, divided by the square root of their count (SVD++'s normalisation)."""
+    mask = tf.cast(keep, tf.float32)
+    count = tf.reduce_sum(mask, axis=1, keepdims=True)
+    return (tf.reduce_sum(embeddings(ids) * (centred * mask)[..., None], axis=1)
+            / tf.sqrt(tf.maximum(count, 1.0)))
+
+
 class _Tower(tf.keras.layers.Layer):
     """Embeds a fixed set of transformed features, concatenates, and projects.
 
@@ -245,10 +254,8 @@ class _Tower(tf.keras.layers.Layer):
             parts.append(_masked_mean(self._history_embedding, history, keep))
             if self._explicit:
                 # what the user thought of them: embeddings weighted by centred ratings
-                centred = tf.gather(self._history_rating, users) * tf.cast(keep, tf.float32)
-                count = tf.reduce_sum(tf.cast(keep, tf.float32), axis=1, keepdims=True)
-                parts.append(tf.reduce_sum(self._rated_embedding(history) * centred[..., None],
-                                           axis=1) / tf.sqrt(tf.maximum(count, 1.0)))
+                parts.append(_rating_weighted_sum(self._rated_embedding, history,
+                                                  tf.gather(self._history_rating, users), keep))
             if self._tau and F.TIMESTAMP_S_XF in inputs:
                 # the movies rated close in time to the query (same session)
                 now = tf.reshape(tf.cast(inputs[F.TIMESTAMP_S_XF], tf.float32), [-1, 1])
@@ -265,10 +272,8 @@ class _Tower(tf.keras.layers.Layer):
                 asking = tf.cast(tf.reshape(inputs[F.USER_ID_XF], [-1, 1]), tf.int32) + 1
                 keep &= tf.not_equal(raters, asking)
             parts.append(_masked_mean(self._rater_embedding, raters, keep))
-            centred = tf.gather(self._rater_rating, movies) * tf.cast(keep, tf.float32)
-            count = tf.reduce_sum(tf.cast(keep, tf.float32), axis=1, keepdims=True)
-            parts.append(tf.reduce_sum(self._rater_rated_embedding(raters) * centred[..., None],
-                                       axis=1) / tf.sqrt(tf.maximum(count, 1.0)))
+            parts.append(_rating_weighted_sum(self._rater_rated_embedding, raters,
+                                              tf.gather(self._rater_rating, movies), keep))
         return self._project(tf.concat(parts, axis=1), training=training)
 
 
