@@ -67,6 +67,15 @@ class HParams:
     # weighted by their centred ratings, as in item-based AutoRec) read by the rating
     # head's movie tower; the asking user is left out of them (0: off).
     rater_history_len: int = 0
+    # The residual neighbourhood (trainer/neighborhood.py), added to the rating after
+    # training: what the rating head got wrong on the user's training ratings of the
+    # `residual_neighbors` movies most similar to the rated one, and of the same sitting
+    # (time scale residual_session_tau seconds), times these weights (0, 0: off). Chosen on
+    # a validation split of ML-100K's training ratings (docs/benchmarks.md).
+    residual_neighbors: int = 30
+    residual_knn_weight: float = 1.0
+    residual_session_weight: float = 0.5
+    residual_session_tau: float = 60.0
     timestamp_buckets: int = F.DEFAULT_TIMESTAMP_BUCKETS
     # Retrieval index in the exported model: "brute_force" (exact) or "scann" (approximate,
     # for catalogs of tens of thousands of movies and more).
@@ -355,12 +364,17 @@ class RatingModel(tf.keras.layers.Layer):
         self.heads = [_RatingHead(vocab, hp, mean_rating, history, raters,
                                   name=f"rating_head_{i}")
                       for i in range(count)]
+        # set after training (trainer.run.attach_neighborhood); never part of the loss
+        self.neighborhood = None
 
     def call(self, features, query_embedding, candidate_embedding, training=False):
         self.members = tf.stack(  # [batch, heads]
             [h(features, query_embedding, candidate_embedding, training=training)
              for h in self.heads], axis=1)
-        return tf.reduce_mean(self.members, axis=1)
+        rating = tf.reduce_mean(self.members, axis=1)
+        if self.neighborhood is not None:
+            rating += self.neighborhood(features)
+        return rating
 
 
 class MovieRecModel(tfrs.Model):

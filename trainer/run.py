@@ -20,6 +20,7 @@ import tensorflow_transform as tft
 
 from trainer import export
 from trainer import features as F
+from trainer import neighborhood
 from trainer.model import HParams, MovieRecModel, Vocab, user_history
 
 _READ_BATCH = 8192
@@ -275,6 +276,26 @@ def fit(train: Ratings, vocab: Vocab, hp: HParams, validation: Ratings | None = 
     return model, counts, history.history
 
 
+def attach_neighborhood(model, train: Ratings, vocab: Vocab, hp: HParams) -> float:
+    """Gives the trained model's rating its residual neighbourhood (trainer/neighborhood.py)
+    built from its errors on `train`; returns the seconds it took (0 when off)."""
+    if not (hp.residual_knn_weight or hp.residual_session_weight):
+        return 0.0
+    started = time.time()
+    predicted = np.concatenate([model(batch, training=False)[2].numpy()
+                                for batch in train.dataset(_READ_BATCH)])
+    users, movies = train[F.USER_ID_XF], train[F.MOVIE_ID_XF]
+    similar, similarity = neighborhood.similar_movies(
+        users, movies, train[F.RATING_XF], vocab.sizes[F.MOVIE_ID_XF], hp.residual_neighbors)
+    model.rating_model.neighborhood = neighborhood.ResidualNeighborhood(
+        users, movies, train[F.TIMESTAMP_S_XF], train[F.RATING_XF] - predicted,
+        similar, similarity, knn_weight=hp.residual_knn_weight,
+        session_weight=hp.residual_session_weight, session_tau=hp.residual_session_tau)
+    seconds = time.time() - started
+    logging.getLogger("movierec.trainer").info("residual neighbourhood: %.1f s", seconds)
+    return seconds
+
+
 def train_and_export(train_files, catalog_files, transform_output: str, serving_dir: str,
                      hp: HParams, log_dir: str | None = None,
                      base_model: str | None = None) -> dict:
@@ -297,6 +318,7 @@ def train_and_export(train_files, catalog_files, transform_output: str, serving_
 
     model, counts, history = fit(train, vocab, hp, validation,
                                  initialize=initialize if base_model else None)
+    neighborhood_seconds = attach_neighborhood(model, train, vocab, hp)
     catalog, catalog_xf_ids = load_catalog(tfrecord_files(catalog_files), tft_layer)
     module = export.MovieRecExport(model, tft_layer, catalog, users,
                                    popularity=counts[catalog_xf_ids], index=hp.index)
@@ -307,6 +329,7 @@ def train_and_export(train_files, catalog_files, transform_output: str, serving_
                "epochs": hp.epochs_for(len(train)),
                "validation_examples": len(validation) if validation is not None else 0,
                "catalog_size": int(len(catalog_xf_ids)),
+               "neighborhood_seconds": round(neighborhood_seconds, 1),
                "warm_start": {"base_model": base_model, **warm} if base_model else None,
                "seconds": round(time.time() - started, 1)}
     if log_dir:

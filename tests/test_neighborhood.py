@@ -1,0 +1,88 @@
+"""The residual neighbourhood that corrects the rating head after training."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import neighborhood as N
+
+
+def _ids(values):
+    return tf.constant(np.asarray(values, dtype=np.int64))
+
+
+def test_similar_movies_are_the_positively_correlated_ones():
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(200), 3)
+    movies = np.tile([0, 1, 2], 200)
+    taste = rng.choice([-1.5, 1.5], size=200)
+    # movie 1 is liked by whoever likes movie 0; movie 2 by whoever dislikes it
+    ratings = 3.0 + np.stack([taste, taste, -taste], axis=1).reshape(-1)
+    ids, sims = N.similar_movies(users, movies, ratings, num_movies=4, k=2)
+    assert ids[0].tolist() == [1, -1] and ids[1].tolist() == [0, -1]
+    assert ids[2].tolist() == [-1, -1]  # only negative correlations: no neighbours
+    # 200 common raters, shrunk by SIMILARITY_SHRINK
+    assert sims[0, 0] == pytest.approx(200 / (200 + N.SIMILARITY_SHRINK), rel=1e-4)
+    assert ids[3].tolist() == [-1, -1] and not sims[3].any()  # never rated
+
+
+def _layer(knn_weight=1.0, session_weight=1.0, tau=100.0):
+    # user 1 rated movies 10, 11, 12 at t = 100, 200, 300 and movie 13 at t = 10000;
+    # user 2 rated movie 10. Residuals: what the model got wrong on each rating.
+    users, movies = [1, 1, 1, 1, 2], [10, 11, 12, 13, 10]
+    times, residuals = [100.0, 200.0, 300.0, 1e4, 150.0], [0.5, -1.0, 2.0, 1.0, 3.0]
+    neighbors = np.full((20, 2), -1)
+    similarities = np.zeros((20, 2), dtype=np.float32)
+    neighbors[5] = [11, 12]  # movie 5 is like movies 11 (0.5) and 12 (0.2)
+    similarities[5] = [0.5, 0.2]
+    return N.ResidualNeighborhood(users, movies, times, residuals, neighbors, similarities,
+                                  knn_weight, session_weight, tau)
+
+
+def test_knn_term_averages_the_users_errors_on_similar_movies():
+    layer = _layer()
+    knn = layer.knn(_ids([1, 2, 3, 1]), _ids([5, 5, 5, 99])).numpy()
+    expected = (0.5 * -1.0 + 0.2 * 2.0) / (0.7 + N.KNN_SHRINK)
+    np.testing.assert_allclose(knn, [expected, 0.0, 0.0, 0.0], atol=1e-6)
+    # user 2 rated neither neighbour; user 3 nothing; movie 99 is outside the table
+
+
+def test_session_term_reads_only_earlier_ratings_of_other_movies_by_the_same_user():
+    layer = _layer()
+
+    def session(user, movie, time):
+        return float(layer.session(_ids([user]), _ids([movie]),
+                                   tf.constant([time], tf.float32))[0])
+
+    w = np.exp(-np.array([50.0, 150.0]) / 100.0)  # movies 11 and 10, before t = 250
+    assert session(1, 5, 250.0) == pytest.approx(
+        (w @ [-1.0, 0.5]) / (w.sum() + N.SESSION_SHRINK), rel=1e-5)
+    # at t = 300 asking about movie 12 itself: its own error never counts
+    w = np.exp(-np.array([100.0, 200.0]) / 100.0)
+    assert session(1, 12, 300.0) == pytest.approx(
+        (w @ [-1.0, 0.5]) / (w.sum() + N.SESSION_SHRINK), rel=1e-5)
+    assert session(1, 5, 50.0) == 0.0  # nothing earlier
+    assert session(2, 10, 150.0) == 0.0  # the only earlier rating is of the asked movie
+    assert session(3, 5, 250.0) == 0.0  # another user's ratings never count
+
+
+def test_correction_is_the_weighted_sum_of_both_terms():
+    from trainer import features as F
+
+    features = {F.USER_ID_XF: _ids([1]), F.MOVIE_ID_XF: _ids([5]),
+                F.TIMESTAMP_S_XF: tf.constant([250.0])}
+    both = float(_layer(0.5, 2.0)(features)[0])
+    knn = float(_layer(1.0, 0.0)(features)[0])
+    session = float(_layer(0.0, 1.0)(features)[0])
+    assert both == pytest.approx(0.5 * knn + 2.0 * session, rel=1e-5)
+    assert knn != 0.0 and session != 0.0
+    no_time = {k: v for k, v in features.items() if k != F.TIMESTAMP_S_XF}
+    assert float(_layer(0.5, 2.0)(no_time)[0]) == pytest.approx(0.5 * knn, rel=1e-5)
+
+
+def test_empty_training_data_gives_no_correction():
+    layer = N.ResidualNeighborhood([], [], [], [], np.full((3, 2), -1),
+                                   np.zeros((3, 2), np.float32), 1.0, 1.0, 60.0)
+    np.testing.assert_allclose(layer.knn(_ids([0]), _ids([1])), [0.0])
+    np.testing.assert_allclose(
+        layer.session(_ids([0]), _ids([1]), tf.constant([5.0])), [0.0])
