@@ -282,8 +282,15 @@ def attach_neighborhood(model, train: Ratings, vocab: Vocab, hp: HParams) -> flo
     if not (hp.residual_knn_weight or hp.residual_session_weight):
         return 0.0
     started = time.time()
-    predicted = np.concatenate([model(batch, training=False)[2].numpy()
-                                for batch in train.dataset(_READ_BATCH)])
+    separate = hp.rating_tower == "separate"  # the rating path alone: no retrieval towers
+
+    @tf.function
+    def rate(batch):
+        q = None if separate else model.query_tower(batch, training=False)
+        c = None if separate else model.candidate_tower(batch, training=False)
+        return model.rating_model(batch, q, c, training=False)
+
+    predicted = np.concatenate([rate(batch).numpy() for batch in train.dataset(_READ_BATCH)])
     users, movies = train[F.USER_ID_XF], train[F.MOVIE_ID_XF]
     similar, similarity = neighborhood.similar_movies(
         users, movies, train[F.RATING_XF], vocab.sizes[F.MOVIE_ID_XF], hp.residual_neighbors)
