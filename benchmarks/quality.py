@@ -36,7 +36,8 @@ SEEDS_RECIPE = {"epochs": 3, "batch_size": 2048, "optimizer": "adagrad", "learni
                 "retrieval_weight": 0.5, "rating_weight": 0.5, "embedding_dim": 32,
                 "rating_tower": "shared", "logq_correction": False,
                 "remove_accidental_hits": False, "dropout": 0.0, "lr_schedule": "constant",
-                "history_len": 0, "session_tau": 0.0, "history_ratings": False}
+                "history_len": 0, "session_tau": 0.0, "history_ratings": False,
+                "residual_knn_weight": 0.0, "residual_session_weight": 0.0}
 KS = (1, 5, 10, 50, 100)
 
 
