@@ -29,7 +29,7 @@ SESSION_SHRINK = 2.0  # pseudo-weight of "no error" in the session average
 SIMILARITY_SHRINK = 100.0  # co-raters at which a correlation counts half
 SESSION_WINDOW = 32  # the user's latest training ratings the session term reads
 _USER_SHIFT = 2**32  # keys: user id * 2**32 + movie id, or + whole seconds
-_CELLS = 8_000_000  # similarity block size (movies x movies) computed at once
+_CELLS = 2_000_000  # similarity block size (movies x movies): ~16 MB per dense array
 
 
 def baseline_residuals(users, movies, ratings, iterations: int = 10,
