@@ -87,21 +87,23 @@ def plain_script(data_dir: str, out_dir: str, run_args: list) -> dict:
     from tfx.utils import io_utils
     from tfx_bsl.public import tfxio
 
-    from components.movielens_example_gen import executor, movielens
-    from pipeline import cli, configs
+    from components.movielens_example_gen import executor, movielens, splits
+    from pipeline import configs, options
     from trainer import features as F
     from trainer import preprocessing
     from trainer.model import HParams
     from trainer.run import train_and_export
 
     phase("import")
-    # The same options, parsed and cast by the CLI's own code.
-    args = cli.build_parser().parse_args(["run", "--data-dir", data_dir, *run_args])
-    hparams = cli._hparams(args)
+    # The same options, parsed and checked by `movierec run`'s own code.
+    parser = argparse.ArgumentParser()
+    options.add_setting_arguments(parser)
+    args, _ = parser.parse_known_args(run_args)
+    config = configs.from_options({**options.from_args(args), "data_dir": data_dir,
+                                   "output_dir": out_dir})
+    hparams = dict(config.hparams)
     hp = HParams.from_dict(hparams)
-    layout = movielens.detect_layout(data_dir)
-    config = configs.PipelineConfig(data_dir=data_dir, output_dir=out_dir, layout=layout,
-                                    split=args.split, seed=args.seed, hparams=hparams)
+    layout = config.layout
 
     # Raw files -> joined tf.Examples, split as MovieLensExampleGen splits them.
     out = pathlib.Path(out_dir)
@@ -109,28 +111,24 @@ def plain_script(data_dir: str, out_dir: str, run_args: list) -> dict:
     movies = movielens.read_movies(data_dir, layout)
     users = movielens.read_users(data_dir, layout)
     files = movielens.layout_files(layout)
+    encoder = executor.ExampleEncoder(movies, users)
     cutoff = (executor.time_cutoff(data_dir, layout, config.eval_fraction)
-              if config.split == "time" else 0)
+              if config.split == splits.TIME else 0)
     train_path, catalog_path = str(out / "train.tfrecord.gz"), str(out / "catalog.tfrecord.gz")
-    counts = {executor.TRAIN: 0, executor.EVAL: 0}
+    counts = {F.TRAIN_SPLIT: 0, F.EVAL_SPLIT: 0}
     with tf.io.TFRecordWriter(train_path, options="GZIP") as train_writer:
-        for file_name, fixed in executor.ratings_sources(config.split):
+        for file_name, fixed in splits.ratings_sources(config.split):
             for rating in movielens.iter_ratings(data_dir, layout, file_name):
-                example = executor.join(rating, movies, users,
-                                        {**files, "ratings": file_name or files["ratings"]})
-                if fixed:
-                    split = fixed
-                elif config.split == "time":
-                    split = executor.EVAL if rating.timestamp >= cutoff else executor.TRAIN
-                else:
-                    split = (executor.EVAL if executor.random_bucket(rating, config.seed)
-                             < config.eval_fraction else executor.TRAIN)
+                movielens.check_references(
+                    rating, movies, users, {**files, "ratings": file_name or files["ratings"]})
+                split = executor.split_of(rating, fixed, config.split, config.seed,
+                                          config.eval_fraction, cutoff)
                 counts[split] += 1
-                if split == executor.TRAIN:
-                    train_writer.write(example.SerializeToString())
+                if split == F.TRAIN_SPLIT:
+                    train_writer.write(encoder.encode(rating))
     with tf.io.TFRecordWriter(catalog_path, options="GZIP") as catalog_writer:
         for movie in sorted(movies.values(), key=lambda m: m.movie_id):
-            catalog_writer.write(executor.catalog_example(movie).SerializeToString())
+            catalog_writer.write(executor.catalog_example(movie))
     phase("read_split_write")
 
     # tf.Transform's analysis of the train split, in-process Beam.
@@ -139,8 +137,8 @@ def plain_script(data_dir: str, out_dir: str, run_args: list) -> dict:
                                    telemetry_descriptors=["movierec", "plain_script"])
     transform_dir = str(out / "transform")
     preprocessing_fn = functools.partial(
-        preprocessing.preprocessing_fn, custom_config={"timestamp_buckets": int(
-            hparams.get("timestamp_buckets", F.DEFAULT_TIMESTAMP_BUCKETS))})
+        preprocessing.preprocessing_fn,
+        custom_config={F.TIMESTAMP_BUCKETS_CONFIG: config.timestamp_buckets})
     with beam.Pipeline() as pipeline:
         with tft_beam.Context(temp_dir=str(out / "tft_tmp"), force_tf_compat_v1=False):
             raw = pipeline | "Read" >> source.BeamSource()
@@ -155,8 +153,8 @@ def plain_script(data_dir: str, out_dir: str, run_args: list) -> dict:
                                str(out / "serving" / str(int(time.time()))), hp,
                                log_dir=str(out / "logs"))
     phase("train_and_export")
-    return {"phases": phases, "train_examples": counts[executor.TRAIN],
-            "eval_examples": counts[executor.EVAL], "catalog": len(movies),
+    return {"phases": phases, "train_examples": counts[F.TRAIN_SPLIT],
+            "eval_examples": counts[F.EVAL_SPLIT], "catalog": len(movies),
             "epochs": summary["epochs"], "trainer_seconds": summary["seconds"],
             "final_loss": (summary["history"].get("loss") or [None])[-1]}
 

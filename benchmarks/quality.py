@@ -65,21 +65,22 @@ def popularity_baseline(examples_uri: str) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
 
-    spec = {"movie_id": tf.io.FixedLenFeature([1], tf.string),
-            "rating": tf.io.FixedLenFeature([1], tf.float32)}
+    from trainer import features as F
+
+    spec = F.raw_feature_spec((F.MOVIE_FEATURES[0], F.LABEL_FEATURE))
 
     def read(split):
         files = tf.io.gfile.glob(f"{examples_uri}/Split-{split}/*")
         ids, ratings = [], []
         for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(8192):
             parsed = tf.io.parse_example(batch, spec)
-            ids.append(parsed["movie_id"].numpy().reshape(-1))
-            ratings.append(parsed["rating"].numpy().reshape(-1))
+            ids.append(parsed[F.MOVIE_ID].numpy().reshape(-1))
+            ratings.append(parsed[F.RATING].numpy().reshape(-1))
         return np.concatenate(ids), np.concatenate(ratings)
 
     started = time.time()
-    train_ids, train_ratings = read("train")
-    eval_ids, eval_ratings = read("eval")
+    train_ids, train_ratings = read(F.TRAIN_SPLIT)
+    eval_ids, eval_ratings = read(F.EVAL_SPLIT)
     movies, counts = np.unique(train_ids, return_counts=True)
     rank = {m: r for r, m in enumerate(movies[np.argsort(-counts, kind="stable")])}
     ranks = np.array([rank.get(m, len(rank)) for m in eval_ids])

@@ -141,33 +141,27 @@ def run_load(host, port, path, bodies, total, concurrency):
 # ------------------------------------------------------------------------ the request mix
 def request_bodies(model_dir: str, n: int = 500, seed: int = 0):
     """(recommend bodies, serving_default bodies, the same as in-process inputs)."""
-    import tensorflow as tf
-
     from serving.model import movie_catalog
+    from trainer import examples as ex
     from trainer import features as F
+    from trainer import saved_model
+    from trainer import signatures as S
 
     rng = random.Random(seed)
-    model = tf.saved_model.load(model_dir)
+    model = saved_model.load(model_dir)
     ids, titles = movie_catalog(model)
     users = [str(rng.randint(1, 1000)) for _ in range(n)]
-    recommend = [json.dumps({"signature_name": "recommend", "instances": [u]}).encode()
+    recommend = [json.dumps({"signature_name": S.RECOMMEND, "instances": [u]}).encode()
                  for u in users]
     examples = []
     for u in users:
         m = rng.randrange(len(ids))
-        values = {F.USER_ID: [u.encode()], F.TIMESTAMP: [880000000 + rng.randint(0, 10 ** 7)],
-                  F.USER_AGE: [rng.randint(18, 70)], F.USER_GENDER: [b"F"],
-                  F.USER_OCCUPATION: [b"writer"], F.USER_ZIP: [b"55105"],
-                  F.MOVIE_ID: [ids[m].encode()], F.MOVIE_TITLE: [titles[m].encode()],
-                  F.MOVIE_GENRES: [b"Drama"], F.MOVIE_YEAR: [1995]}
-        feature = {}
-        for name, value in values.items():
-            if isinstance(value[0], bytes):
-                feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=value))
-            else:
-                feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=value))
-        examples.append(tf.train.Example(features=tf.train.Features(feature=feature))
-                        .SerializeToString())
+        examples.append(ex.serialize({
+            F.USER_ID: u, F.TIMESTAMP: 880000000 + rng.randint(0, 10 ** 7),
+            F.USER_AGE: rng.randint(18, 70), F.USER_GENDER: "F",
+            F.USER_OCCUPATION: "writer", F.USER_ZIP: "55105",
+            F.MOVIE_ID: ids[m], F.MOVIE_TITLE: titles[m], F.MOVIE_GENRES: ["Drama"],
+            F.MOVIE_YEAR: 1995}))
     serving_default = [json.dumps({"instances": [{"b64": base64.b64encode(e).decode()}]})
                        .encode() for e in examples]
     return model, users, examples, recommend, serving_default
@@ -199,10 +193,10 @@ def main(argv=None):
     parser.add_argument("--signatures", default="recommend,serving_default")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
-    from pipeline.cli import resolve_model_dir
+    from serving import versions
 
     model_base = os.path.abspath(args.model_base)
-    model_dir = resolve_model_dir(os.path.join(model_base, "movierec"))
+    model_dir = versions.resolve(versions.model_base(model_base))
     levels = [int(c) for c in args.concurrency.split(",")]
     signatures = args.signatures.split(",")
     print(f"model {model_dir}; {args.requests} requests per signature and concurrency "
@@ -211,10 +205,12 @@ def main(argv=None):
     model, users, examples, recommend, serving_default = request_bodies(model_dir)
     import tensorflow as tf
 
-    bodies = {"recommend": recommend, "serving_default": serving_default}
+    from trainer import signatures as S
+
+    bodies = {S.RECOMMEND: recommend, S.SERVING_DEFAULT: serving_default}
     floors = {
-        "recommend": [{"user_id": tf.constant([u])} for u in users],
-        "serving_default": [{"examples": tf.constant([e])} for e in examples],
+        S.RECOMMEND: [{S.USER_ID: tf.constant([u])} for u in users],
+        S.SERVING_DEFAULT: [{S.EXAMPLES: tf.constant([e])} for e in examples],
     }
     results = []
     log_path = os.path.join(tempfile.gettempdir(), "movierec-bench-server.log")

@@ -23,8 +23,9 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import io_utils, path_utils
 
+from trainer import features as F
+
 METRICS_FILE = "metrics.json"
-TRAIN_SPLIT = "train"
 
 
 class RetrievalEvaluation(types.Artifact):
@@ -61,7 +62,7 @@ def RetrievalEvaluator(
     evaluation: OutputArtifact[RetrievalEvaluation],
     blessing: OutputArtifact[standard_artifacts.ModelBlessing],
     baseline_model: InputArtifact[standard_artifacts.Model] = None,  # optional
-    split: Parameter[str] = "eval",
+    split: Parameter[str] = F.EVAL_SPLIT,
     max_examples: Parameter[int] = 200_000,
     metric: Parameter[str] = "top_100_accuracy",
     tolerance: Parameter[float] = 0.01,
@@ -69,13 +70,14 @@ def RetrievalEvaluator(
 ):
     """Retrieval metrics of `model` (and `baseline_model`) on `split`; the final blessing."""
     from trainer import evaluation as ev  # TensorFlow loads only when the component runs
+    from trainer import saved_model
 
     split_uri = artifact_utils.get_split_uri([examples], split)
     train_rated = ev.rated_movies(ev.serialized_batches(
-        artifact_utils.get_split_uri([examples], TRAIN_SPLIT)))
+        artifact_utils.get_split_uri([examples], F.TRAIN_SPLIT)))
 
     def measure(artifact):
-        served = ev.load_serving_model(path_utils.serving_model_path(artifact.uri))
+        served = saved_model.load(path_utils.serving_model_path(artifact.uri))
         return ev.evaluate(served, ev.serialized_batches(split_uri, max_examples=max_examples),
                            rating=False, train_rated=train_rated)
 

@@ -16,16 +16,14 @@ _PROCESS_START = time.time()  # a run's wall time counts the imports too
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide CUDA-probe noise on CPU hosts
 
+from pipeline.errors import UserError  # noqa: E402
+
 DEFAULT_DATASET = "ml-100k"
 # Modules that add subcommands of their own (each has add_commands(subparsers)).
 _COMMAND_MODULES = ("serving.commands",  # serve / recommend / rate
                     "pipeline.kubeflow",  # export-dag
                     "pipeline.report",  # report
                     "components.movielens_example_gen.synth")  # synth
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line, exit code 2."""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -131,42 +129,15 @@ def _output_lock(output_dir: str):
 
 
 def _resolve_data_dir(args) -> str:
+    """--data-dir as given (configs.from_options checks it), else --dataset fetched into
+    the cache."""
     from components.movielens_example_gen import movielens
 
     if args.data_dir:
-        movielens.detect_layout(args.data_dir)  # fail now, with one line, if it is not one
-        return os.path.abspath(args.data_dir)
+        return args.data_dir
     print(f"no --data-dir: using {args.dataset} from the cache (downloading it if needed)",
           flush=True)
     return str(movielens.fetch_dataset(args.dataset))
-
-
-def _hparams(args) -> dict:
-    from trainer.model import HParams
-
-    values = {}
-    for item in args.hparam or ():
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--hparam expects KEY=VALUE, got {item!r}")
-        values[key.strip()] = json.loads(value) if value[:1] in "[{\"" else value
-    for key in ("epochs", "batch_size", "learning_rate", "embedding_dim", "optimizer", "index"):
-        if getattr(args, key, None) is not None:
-            values[key] = getattr(args, key)
-    # Cast through HParams so that typos and bad values fail before the pipeline starts.
-    defaults = HParams()
-    for key, value in list(values.items()):
-        if hasattr(defaults, key) and isinstance(value, str):
-            current = getattr(defaults, key)
-            if isinstance(current, bool):
-                values[key] = value.lower() in ("1", "true", "yes")
-            elif isinstance(current, (int, float)):
-                values[key] = type(current)(value)
-    try:
-        HParams.from_dict(values)
-    except (TypeError, ValueError) as e:
-        raise UserError(str(e)) from e
-    return values
 
 
 def _print_summary(summary: dict, out):
@@ -186,37 +157,28 @@ def _print_summary(summary: dict, out):
 
 # ---------------------------------------------------------------------------- commands
 def cmd_run(args) -> int:
-    from components.movielens_example_gen.executor import ratings_sources
-    from pipeline import configs
-
-    output_dir = os.path.abspath(args.output_dir)
-    hparams = _hparams(args)
-    try:
-        ratings_sources(args.split)
-    except ValueError as e:
-        raise UserError(str(e)) from e
-    data_dir = _resolve_data_dir(args)
     from components.movielens_example_gen import movielens
+    from components.movielens_example_gen.splits import ratings_sources
+    from pipeline import configs
+    from pipeline.options import from_args as options_from_args
 
+    options = {**options_from_args(args), "output_dir": args.output_dir}
+    if not args.data_dir:  # bad options fail before a download
+        configs.from_options({**options, "data_dir": args.dataset})
+    data_dir = _resolve_data_dir(args)
+    config = configs.from_options({**options, "data_dir": data_dir,
+                                   "output_dir": args.output_dir})
+    output_dir = config.output_dir
     # Bad input fails here with one line and exit 2, before TFX starts or OUT is touched
     # (the whole files are checked again as ExampleGen streams them).
-    layout = movielens.preflight(data_dir, None,
-                                 [name for name, _ in ratings_sources(args.split)])
-    config = configs.PipelineConfig(
-        data_dir=data_dir, output_dir=output_dir, layout=layout,
-        split=args.split, seed=args.seed, hparams=hparams,
-        beam_workers=args.beam_workers,
-        beam_pipeline_args=tuple(args.beam_pipeline_args.split()) if args.beam_pipeline_args
-        else (),
-        enable_cache=not args.no_cache, tune_trials=getattr(args, "trials", 0),
-        warm_start=args.warm_start,
-        **({"rmse_upper_bound": args.rmse_upper_bound} if args.rmse_upper_bound else {}))
+    movielens.preflight(config.data_dir, config.layout,
+                        [name for name, _ in ratings_sources(config.split)])
     with _output_lock(output_dir):
         from pipeline import local_runner, metadata
 
         log_path = os.path.join(output_dir, "logs",
                                 time.strftime("run-%Y%m%d-%H%M%S.log"))
-        print(f"movierec: {config.layout} from {data_dir} -> {output_dir} "
+        print(f"movierec: {config.layout} from {config.data_dir} -> {output_dir} "
               f"(full log: {log_path})", flush=True)
         closed = metadata.close_interrupted(config.metadata_path)
         if closed:
@@ -393,17 +355,6 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def resolve_model_dir(path: str) -> str:
-    """A SavedModel directory, or the newest integer version under a serving base."""
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return path
-    versions = sorted((int(v) for v in os.listdir(path) if v.isdigit()) if os.path.isdir(path)
-                      else [])
-    if not versions:
-        raise UserError(f"no SavedModel in {path} (expected saved_model.pb or <version>/)")
-    return os.path.join(path, str(versions[-1]))
-
-
 def _example_batches(data_dir: str, file_name: str | None, size: int = 2048):
     """Batches of serialized, joined rating examples of a MovieLens ratings file."""
     import itertools
@@ -412,17 +363,18 @@ def _example_batches(data_dir: str, file_name: str | None, size: int = 2048):
 
     from components.movielens_example_gen.executor import rating_examples
 
-    examples = (e.SerializeToString() for e in rating_examples(data_dir, None, file_name))
+    examples = rating_examples(data_dir, None, file_name)
     while chunk := list(itertools.islice(examples, size)):
         yield tf.constant(chunk)
 
 
 def cmd_evaluate(args) -> int:
     """Metrics of a pushed model on ratings from outside the pipeline."""
-    from trainer import evaluation
+    from serving import versions
+    from trainer import evaluation, saved_model
 
-    model_dir = resolve_model_dir(args.model)
-    model = evaluation.load_serving_model(model_dir)
+    model_dir = versions.resolve(args.model)
+    model = saved_model.load(model_dir)
     train_rated = (evaluation.rated_movies(_example_batches(args.data_dir,
                                                             args.train_ratings_file))
                    if args.train_ratings_file else None)
@@ -437,6 +389,8 @@ def cmd_evaluate(args) -> int:
 
 
 def _add_run_arguments(run) -> None:
+    from pipeline import options
+
     run.add_argument("--data-dir", help="a MovieLens directory (ml-100k, ml-1m or "
                      "ml-latest/ml-25m layout); default: download --dataset into the cache")
     run.add_argument("--dataset", default=DEFAULT_DATASET,
@@ -444,33 +398,12 @@ def _add_run_arguments(run) -> None:
                      "(cache: $MOVIEREC_CACHE or ~/.cache/movierec)")
     run.add_argument("--output-dir", default="output",
                      help="pipeline root, metadata.sqlite and serving/ go here")
-    run.add_argument("--split", default="random",
-                     help="random: seeded 80/20 (default); time: newest 20%% held out; "
-                     "fold:NAME: NAME.base/NAME.test (ml-100k's fold:u1 ... fold:u5)")
-    run.add_argument("--seed", type=int, default=42)
-    run.add_argument("--epochs", type=int,
-                     help="full passes over the training ratings (default 6), capped by the "
-                     "example budget for large data (--hparam example_budget=0 lifts it)")
-    run.add_argument("--batch-size", type=int)
-    run.add_argument("--learning-rate", type=float)
-    run.add_argument("--embedding-dim", type=int)
-    run.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"))
-    run.add_argument("--index", choices=("brute_force", "scann"),
-                     help="retrieval index of the exported model (default brute_force; "
-                     "scann for large catalogs)")
-    run.add_argument("--hparam", action="append", metavar="KEY=VALUE",
-                     help="any trainer.model.HParams field, e.g. rating_weight=0.5")
-    run.add_argument("--rmse-upper-bound", type=float,
-                     help="blessing needs eval RMSE at most this")
+    options.add_setting_arguments(run)
     run.add_argument("--beam-workers", type=int, default=0,
                      help="Beam multi-processing workers (default: in-process)")
-    run.add_argument("--beam-pipeline-args", default="",
-                     help="extra Beam pipeline args, space-separated")
     run.add_argument("--warm-start", action="store_true",
                      help="initialize the model from the latest blessed model (embeddings "
                      "mapped through the vocabularies, so new data is fine)")
-    run.add_argument("--no-cache", action="store_true",
-                     help="re-execute every component instead of reusing cached results")
 
 
 def build_parser() -> argparse.ArgumentParser:

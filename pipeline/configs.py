@@ -1,4 +1,12 @@
-"""One dataclass of pipeline settings: paths, hyperparameters, thresholds, defaults."""
+"""One dataclass of pipeline settings (paths, hyperparameters, thresholds, defaults) and
+the one function that builds it from a front end's options.
+
+`from_options(mapping)` is the only place that validates settings: `movierec run` / `tune`
+(pipeline/cli.py), the Airflow DAG (MOVIEREC_* environment variables,
+pipeline/airflow_dag.py) and the Kubeflow export (pipeline/kubeflow.py) each turn what they
+were given into a mapping of option names and hand it over, so that the same setting gives
+the same PipelineConfig, or the same one-line UserError, whichever front end it came from.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,9 @@ import dataclasses
 import hashlib
 import os
 import pathlib
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
+
+from pipeline.errors import UserError
 
 PIPELINE_NAME = "movierec"
 MODEL_NAME = "movierec"
@@ -19,11 +29,14 @@ class PipelineConfig:
     data_dir: str
     output_dir: str
     layout: str = ""  # detected from data_dir when empty
-    split: str = "random"
+    split: str = "random"  # a protocol of components/movielens_example_gen/splits.py
     seed: int = 42
     eval_fraction: float = 0.2
     # Trainer hyperparameters overriding trainer.model.HParams' defaults.
     hparams: Mapping = dataclasses.field(default_factory=dict)
+    # Transform's timestamp buckets (quantiles of the training ratings' times); the Trainer
+    # sizes its embedding from the transformed schema.
+    timestamp_buckets: int = 1000
     # Blessing: RMSE must stay under this bound and must not get worse than the latest
     # blessed model's by more than rmse_tolerance.
     rmse_upper_bound: float = 1.07
@@ -94,5 +107,185 @@ def code_fingerprint(*modules: str) -> str:
 
 TRANSFORM_CODE = ("trainer/features.py", "trainer/preprocessing.py")
 TRAINER_CODE = TRANSFORM_CODE + ("trainer/model.py", "trainer/run.py", "trainer/export.py",
+                                  "trainer/signatures.py", "trainer/saved_model.py",
                                   "trainer/warm_start.py", "trainer/neighborhood.py")
 TUNER_CODE = TRAINER_CODE + ("trainer/tuning.py",)
+
+
+# ------------------------------------------------------------------------ from options
+# Option names a front end may give, besides PipelineConfig's fields: hyperparameters of
+# trainer.model.HParams by their own name (`epochs`, `batch_size`, ...) go into `hparams`.
+HPARAM_SHORTCUTS = ("epochs", "batch_size", "learning_rate", "embedding_dim", "optimizer",
+                     "index")
+_FIELDS = {f.name: f for f in dataclasses.fields(PipelineConfig)}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def parse_hparam_items(items: Sequence[str]) -> dict:
+    """{key: value} of KEY=VALUE strings (`--hparam`); JSON values ([..], {..}, "..")
+    are decoded, the rest stay strings (from_options casts them)."""
+    import json
+
+    values = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--hparam expects KEY=VALUE, got {item!r}")
+        try:
+            values[key.strip()] = json.loads(value) if value[:1] in "[{\"" else value
+        except ValueError as e:
+            raise UserError(f"--hparam {key.strip()}: not valid JSON: {value!r}") from e
+    return values
+
+
+def _cast(name: str, value, kind: type):
+    """`value` (maybe a string from a command line or the environment) as `kind`."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise UserError(f"{name} must be true or false, got {value!r}")
+    if isinstance(value, bool) and kind in (int, float):
+        raise UserError(f"{name} must be a number, got {value!r}")
+    if kind in (int, float):
+        try:
+            number = float(value) if kind is float else (
+                value if isinstance(value, int) else int(str(value).strip()))
+        except (TypeError, ValueError):
+            raise UserError(f"{name} must be {'an integer' if kind is int else 'a number'}, "
+                            f"got {value!r}") from None
+        if kind is float and number != number:
+            raise UserError(f"{name} must be a number, got {value!r}")
+        return number
+    return str(value)
+
+
+def _hparams(values: Mapping) -> dict:
+    """Hyperparameter overrides, each cast to its HParams field's type and checked by
+    HParams.from_dict (unknown names and bad values fail here, before the pipeline)."""
+    from trainer.model import HParams
+
+    defaults = HParams()
+    out = {}
+    if "timestamp_buckets" in values:
+        raise UserError("timestamp_buckets is not a hyperparameter but Transform's setting "
+                        "of that name (movierec run --timestamp-buckets N)")
+    for key, value in values.items():
+        if not isinstance(key, str) or not hasattr(defaults, key):
+            out[key] = value  # from_dict names it
+            continue
+        current = getattr(defaults, key)
+        if isinstance(current, (bool, int, float)) and (
+                isinstance(value, str) or type(value) is not type(current)):
+            value = _cast(f"hparam {key}", value, type(current))
+        out[key] = value
+    try:
+        HParams.from_dict(out)
+    except (TypeError, ValueError) as e:
+        raise UserError(str(e)) from e
+    return out
+
+
+def _beam_args(value) -> tuple:
+    if isinstance(value, str):
+        return tuple(value.split())
+    return tuple(str(v) for v in value or ())
+
+
+def from_options(options: Mapping[str, Any]) -> PipelineConfig:
+    """The PipelineConfig of a front end's options; raises UserError (one line) on any bad
+    or unknown option.
+
+    Keys: PipelineConfig's field names (data_dir and output_dir required), values typed or
+    as strings ("3", "true"); `hparams` a mapping (values may be strings, cast to the
+    HParams field's type); HParams names such as `epochs` as shortcuts into hparams;
+    `beam_pipeline_args` a space-separated string or a list. Paths are made absolute;
+    the layout is detected from data_dir's files when data_dir is a local directory
+    (and must match `layout` when both are given), else taken from `layout` or from the
+    directory's name (a cluster path such as /gcs/bucket/ml-100k)."""
+    from components.movielens_example_gen import movielens, splits
+
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(given) - set(_FIELDS) - set(HPARAM_SHORTCUTS))
+    if unknown:
+        raise UserError(f"unknown setting {unknown[0]!r}")
+    values: dict[str, Any] = {}
+    hparams = dict(given.pop("hparams", None) or {})
+    if not isinstance(hparams, Mapping) and not isinstance(hparams, dict):
+        raise UserError(f"hparams must be a mapping of names to values, got {hparams!r}")
+    for key in HPARAM_SHORTCUTS:
+        if key in given:
+            hparams[key] = given.pop(key)
+    values["hparams"] = _hparams(hparams)
+    for key in ("data_dir", "output_dir"):
+        if not str(given.get(key, "")).strip():
+            raise UserError(f"{key} is required")
+    for name, value in given.items():
+        field = _FIELDS[name]
+        kind = {"str": str, "int": int, "float": float, "bool": bool}.get(
+            str(field.type).split(" |")[0])
+        if name == "beam_pipeline_args":
+            values[name] = _beam_args(value)
+        elif kind is not None:
+            values[name] = _cast(name, value, kind)
+        else:
+            values[name] = value
+    try:
+        splits.ratings_sources(values.get("split", splits.DEFAULT))
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    for name in ("seed",):
+        if values.get(name, 0) < 0:
+            raise UserError(f"{name} must be 0 or more, got {values[name]}")
+    for name in ("beam_workers", "tune_trials"):
+        if values.get(name, 0) < 0:
+            raise UserError(f"{name} must be 0 or more, got {values[name]}")
+    if "timestamp_buckets" in values and values["timestamp_buckets"] < 2:
+        raise UserError(f"timestamp_buckets must be at least 2, got "
+                        f"{values['timestamp_buckets']}")
+    if "rmse_upper_bound" in values and not values["rmse_upper_bound"] > 0:
+        raise UserError(f"rmse_upper_bound must be positive, got "
+                        f"{values['rmse_upper_bound']}")
+    if "eval_fraction" in values and not 0 < values["eval_fraction"] < 1:
+        raise UserError(f"eval_fraction must be between 0 and 1, got "
+                        f"{values['eval_fraction']}")
+    values["output_dir"] = os.path.abspath(os.path.expanduser(values["output_dir"]))
+    data_dir = os.path.expanduser(values["data_dir"].rstrip("/") or "/")
+    values["layout"] = _layout(data_dir, values.get("layout", ""), movielens)
+    values["data_dir"] = os.path.abspath(data_dir) if os.path.isdir(data_dir) else data_dir
+    return PipelineConfig(**values)
+
+
+def _layout(data_dir: str, layout: str, movielens) -> str:
+    """The layout of data_dir: detected from its files when it is a local directory."""
+    def named(name, what):
+        try:
+            return movielens._layout(name, data_dir)
+        except movielens.DataError as e:
+            raise UserError(f"{what}: {e}") from e
+
+    given = named(layout, "layout") if layout else None
+    if os.path.isdir(data_dir):
+        try:
+            detected = movielens.detect_layout(data_dir)
+        except movielens.DataError as e:
+            raise UserError(str(e)) from e
+        if given and given != detected:
+            raise UserError(f"layout {layout} does not match the files in {data_dir} "
+                            f"({detected})")
+        return detected
+    if given:
+        return given
+    name = os.path.basename(data_dir)
+    if name in movielens.DATASETS or name in movielens.LAYOUTS:
+        return named(name, "data_dir")
+    # a local path that is not there, or a cluster path without a layout in its name
+    if os.path.isabs(data_dir) and not os.path.exists(os.path.dirname(data_dir) or "/"):
+        raise UserError(f"layout is required: data_dir {data_dir} is not a local "
+                        f"directory and its name is not a MovieLens dataset's")
+    try:
+        return movielens.detect_layout(data_dir)  # "data directory does not exist: ..."
+    except movielens.DataError as e:
+        raise UserError(str(e)) from e

@@ -35,6 +35,8 @@ def default_image() -> str:
 
 def add_commands(sub) -> None:
     """Adds `export-dag kubeflow` to the `movierec` argument parser."""
+    from pipeline import options
+
     export = sub.add_parser(
         "export-dag", help="compile the pipeline for an orchestrator (kubeflow)",
         description="Compiles the pipeline of `movierec run` for another orchestrator.")
@@ -64,60 +66,21 @@ def add_commands(sub) -> None:
                           help="ml-100k, ml-1m or ml-latest (or a dataset name: ml-25m, ...); "
                           "default: detected when --data-dir is a local directory, else taken "
                           "from its name (.../ml-100k)")
-    kubeflow.add_argument("--split", default="random",
-                          help="random (default), time or fold:NAME, as for `movierec run`")
-    kubeflow.add_argument("--seed", type=int, default=42)
-    kubeflow.add_argument("--hparam", action="append", metavar="KEY=VALUE",
-                          help="any trainer.model.HParams field, e.g. epochs=3")
+    options.add_setting_arguments(kubeflow, cache_help="compile with caching off for every "
+                                  "task")
     kubeflow.add_argument("--trials", type=int, default=0,
                           help="> 0: a Tuner with this many trials feeds the Trainer (as "
                           "`movierec tune`)")
-    kubeflow.add_argument("--rmse-upper-bound", type=float,
-                          help="blessing needs eval RMSE at most this")
-    kubeflow.add_argument("--beam-pipeline-args", default="",
-                          help="Beam pipeline args of the Beam components, space-separated "
-                          "(default: Beam's DirectRunner inside each task's container)")
-    kubeflow.add_argument("--no-cache", action="store_true",
-                          help="compile with caching off for every task")
     kubeflow.set_defaults(func=cmd_export_kubeflow)
 
 
 # ------------------------------------------------------------------------------- config
-def _layout(data_dir: str, layout: str | None) -> tuple[str, bool]:
-    """(layout, whether data_dir is a local directory) of --data-dir / --layout."""
-    from components.movielens_example_gen import movielens
-    from pipeline.cli import UserError
-
-    def named(name, what):
-        try:
-            return movielens._layout(name, data_dir)
-        except movielens.DataError as e:
-            raise UserError(f"{what}: {e}") from e
-
-    given = named(layout, "--layout") if layout else None
-    if os.path.isdir(data_dir):
-        try:
-            detected = movielens.detect_layout(data_dir)
-        except movielens.DataError as e:
-            raise UserError(str(e)) from e
-        if given and given != detected:
-            raise UserError(f"--layout {layout} does not match the files in {data_dir} "
-                            f"({detected})")
-        return detected, True
-    if given:
-        return given, False
-    name = posixpath.basename(data_dir.rstrip("/"))
-    if name in movielens.DATASETS or name in movielens.LAYOUTS:
-        return named(name, "--data-dir"), False
-    raise UserError(f"--layout is required: --data-dir {data_dir} is not a local directory "
-                    f"and its name is not a MovieLens dataset's")
-
-
 def pipeline_config(args):
-    """The configs.PipelineConfig of the args, with the cluster's paths."""
-    from components.movielens_example_gen.executor import ratings_sources
+    """The configs.PipelineConfig of the args, with the cluster's paths (the settings
+    themselves are checked by configs.from_options, as for `movierec run`)."""
     from pipeline import configs
-    from pipeline.cli import UserError, _hparams
+    from pipeline.options import from_args
+    from pipeline.errors import UserError
 
     data_dir = args.data_dir.rstrip("/") or "/"
     if _URL.match(data_dir):
@@ -135,31 +98,21 @@ def pipeline_config(args):
     serving = (args.serving_dir or posixpath.join(root, "serving", configs.MODEL_NAME))
     if not args.image.strip() or any(c.isspace() for c in args.image):
         raise UserError(f"--image {args.image!r} is not an image reference")
-    if args.trials < 0:
-        raise UserError("--trials must be 0 or more")
-    try:
-        ratings_sources(args.split)
-    except ValueError as e:
-        raise UserError(str(e)) from e
-    hparams = _hparams(args)
-    layout, local = _layout(data_dir, args.layout)
-    options = {"rmse_upper_bound": args.rmse_upper_bound} if args.rmse_upper_bound else {}
+    local = os.path.isdir(data_dir)
     # output_dir only places metadata.sqlite, which the Kubeflow V2 runner ignores (Vertex
     # and KFP keep ML Metadata themselves), though create_pipeline makes its directory:
     # the directory of the spec, which exists.
-    return configs.PipelineConfig(
-        data_dir=data_dir, output_dir=os.path.dirname(os.path.abspath(args.output)),
-        layout=layout, split=args.split, seed=args.seed,
-        hparams=hparams, tune_trials=args.trials, enable_cache=not args.no_cache,
-        beam_pipeline_args=tuple(args.beam_pipeline_args.split()),
+    return configs.from_options({
+        **from_args(args), "data_dir": data_dir, "layout": args.layout or "",
+        "output_dir": os.path.dirname(os.path.abspath(args.output)),
         # KubeflowV2DagRunner compiles no resolver strategy but TFX's own
         # LatestBlessedModelStrategy (and LatestArtifactStrategy).
-        baseline_excludes_candidate=False,
-        pipeline_root_override=root, serving_dir_override=serving.rstrip("/"),
-        package_root=IMAGE_PACKAGE_ROOT,
+        "baseline_excludes_candidate": False,
+        "pipeline_root_override": root, "serving_dir_override": serving.rstrip("/"),
+        "package_root": IMAGE_PACKAGE_ROOT,
         # A local directory is fingerprinted as `movierec run` does; a cluster-only one
         # gets an empty fingerprint (caching then cannot tell changed files: --no-cache).
-        input_fingerprint=None if local else "", **options)
+        "input_fingerprint": None if local else ""})
 
 
 def compile_spec(config, image: str) -> dict:
@@ -195,7 +148,7 @@ def write_spec(job: dict, path: str) -> None:
 
 
 def cmd_export_kubeflow(args) -> int:
-    from pipeline.cli import UserError
+    from pipeline.errors import UserError
 
     output = os.path.abspath(args.output)
     if not output.endswith(FORMATS):

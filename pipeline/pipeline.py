@@ -23,10 +23,9 @@ from components.retrieval_evaluator import RetrievalEvaluator
 from components.validation_gate import SchemaGate
 from pipeline import configs
 from trainer import features as F
+from trainer import signatures as S
 
-EVAL_SPLIT = "eval"
 RETRIEVAL_EVALUATOR_ID = "RetrievalEvaluator"
-CATALOG_SPLIT = "catalog"
 # Components that run Beam pipelines (they get config.all_beam_args()).
 BEAM_COMPONENTS = ("MovieLensExampleGen", "StatisticsGen", "Transform", "Evaluator")
 
@@ -42,8 +41,8 @@ def eval_config(config: configs.PipelineConfig) -> tfma.EvalConfig:
             absolute={"value": config.rmse_tolerance}))
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(
-            signature_name="serving_default", label_key=F.RATING,
-            prediction_key="rating", model_type=tfma.TF_GENERIC)],
+            signature_name=S.SERVING_DEFAULT, label_key=F.RATING,
+            prediction_key=S.RATING, model_type=tfma.TF_GENERIC)],
         slicing_specs=[tfma.SlicingSpec()],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"),
@@ -72,11 +71,11 @@ def create_pipeline(config: configs.PipelineConfig) -> Pipeline:
 
     # Statistics, the curated schema of this layout, and a gate that stops on anomalies.
     statistics_gen = StatisticsGen(
-        examples=examples, exclude_splits=[CATALOG_SPLIT])
+        examples=examples, exclude_splits=[F.CATALOG_SPLIT])
     schema_gen = ImportSchemaGen(schema_file=config.schema_file)
     example_validator = ExampleValidator(
         statistics=statistics_gen.outputs["statistics"],
-        schema=schema_gen.outputs["schema"], exclude_splits=[CATALOG_SPLIT])
+        schema=schema_gen.outputs["schema"], exclude_splits=[F.CATALOG_SPLIT])
     schema_gate = SchemaGate(anomalies=example_validator.outputs["anomalies"],
                              schema=schema_gen.outputs["schema"])
 
@@ -85,11 +84,10 @@ def create_pipeline(config: configs.PipelineConfig) -> Pipeline:
         examples=examples,
         schema=schema_gate.outputs["validated_schema"],
         preprocessing_fn="trainer.preprocessing.preprocessing_fn",
-        splits_config=transform_pb2.SplitsConfig(analyze=["train"]),
+        splits_config=transform_pb2.SplitsConfig(analyze=[F.TRAIN_SPLIT]),
         materialize=False, disable_statistics=True,
         custom_config={
-            "timestamp_buckets": int(config.hparams.get(
-                "timestamp_buckets", F.DEFAULT_TIMESTAMP_BUCKETS)),
+            F.TIMESTAMP_BUCKETS_CONFIG: config.timestamp_buckets,
             "code": configs.code_fingerprint(*configs.TRANSFORM_CODE)})
 
     # Optionally, a hyperparameter search on a validation split carved out of train.
@@ -98,8 +96,8 @@ def create_pipeline(config: configs.PipelineConfig) -> Pipeline:
         tuner = Tuner(
             tuner_fn="trainer.tuning.tuner_fn", examples=examples,
             transform_graph=transform.outputs["transform_graph"],
-            train_args=trainer_pb2.TrainArgs(splits=["train"]),
-            eval_args=trainer_pb2.EvalArgs(splits=["train"]),  # never the eval split
+            train_args=trainer_pb2.TrainArgs(splits=[F.TRAIN_SPLIT]),
+            eval_args=trainer_pb2.EvalArgs(splits=[F.TRAIN_SPLIT]),  # never the eval split
             custom_config={"hparams": dict(config.hparams), "trials": config.tune_trials,
                            "code": configs.code_fingerprint(*configs.TUNER_CODE)})
 
@@ -133,12 +131,12 @@ def create_pipeline(config: configs.PipelineConfig) -> Pipeline:
     latest_blessed = latest_blessed.with_id("latest_blessed_model_resolver")
     evaluator = Evaluator(
         examples=examples, model=model, baseline_model=latest_blessed.outputs["model"],
-        eval_config=eval_config(config), example_splits=[EVAL_SPLIT])
+        eval_config=eval_config(config), example_splits=[F.EVAL_SPLIT])
     # ... then retrieval metrics over the full catalog, against the same baseline; the
     # final blessing needs both tasks to pass.
     retrieval_evaluator = RetrievalEvaluator(
         examples=examples, model=model, baseline_model=latest_blessed.outputs["model"],
-        rating_blessing=evaluator.outputs["blessing"], split=EVAL_SPLIT,
+        rating_blessing=evaluator.outputs["blessing"], split=F.EVAL_SPLIT,
         max_examples=config.retrieval_max_examples, metric=config.retrieval_metric,
         tolerance=config.retrieval_tolerance, floor=config.retrieval_floor,
     ).with_id(RETRIEVAL_EVALUATOR_ID)

@@ -47,7 +47,7 @@ def add_commands(sub) -> None:
 
 def cmd_report(args) -> int:
     from pipeline import metadata
-    from pipeline.cli import UserError
+    from pipeline.errors import UserError
 
     source = args.metadata or args.output_dir
     store = metadata.connect(source)  # MetadataError (one line) when there is none

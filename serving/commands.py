@@ -61,7 +61,7 @@ def _query_parser(sub, name: str, help_text: str):
 def cmd_serve(args) -> int:
     import os
 
-    from pipeline.cli import UserError
+    from pipeline.errors import UserError
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be 0..65535, got {args.port}")
@@ -87,57 +87,36 @@ def cmd_serve(args) -> int:
 def _load(path: str):
     """(loaded model, its directory) for a version dir or a serving base: the base's newest
     version that loads (a broken newer one is named on stderr)."""
-    import os
+    from serving import versions
+    from trainer import saved_model
+    from trainer import signatures as S
 
-    from pipeline.cli import UserError, resolve_model_dir
-    from serving.model import load_saved_model
-
-    nested = os.path.join(path, "movierec")  # a serving base given for its model's base
-    if not os.path.isfile(os.path.join(path, "saved_model.pb")) and os.path.isdir(nested) \
-            and not any(v.isdigit() for v in os.listdir(path)):
-        path = nested
-    newest = resolve_model_dir(path)
-    if newest == path:
-        candidates = [path]
-    else:
-        candidates = [os.path.join(path, str(v)) for v in sorted(
-            (int(v) for v in os.listdir(path) if v.isdigit()
-             and os.path.isdir(os.path.join(path, v))), reverse=True)]
-    failures = []
-    for model_dir in candidates:
-        try:
-            model = load_saved_model(model_dir)
-        except Exception as e:  # noqa: BLE001 - one line for the user
-            failures.append((model_dir, (str(e).strip() or type(e).__name__).splitlines()[0]))
-            continue
-        missing = {"recommend_at", "rate"} - set(model.signatures)
+    def check(model):
+        missing = {S.RECOMMEND_AT, S.RATE} - set(model.signatures)
         if missing:
-            failures.append((model_dir, f"not a movierec model (no signature "
-                                        f"{sorted(missing)[0]})"))
-            continue
-        for bad, why in failures:
-            print(f"movierec: warning: version {os.path.basename(bad)} does not load "
-                  f"({why}); using {model_dir}", file=sys.stderr)
-        return model, model_dir
-    bad, why = failures[0]
-    raise UserError(f"cannot load the model in {bad}: {why}")
+            return f"not a movierec model (no signature {sorted(missing)[0]})"
+        return None
+
+    return versions.load_newest(path, saved_model.load, check=check)
 
 
 def _recommendations(model, user: str, k: int):
     import tensorflow as tf
 
-    out = model.signatures["recommend_at"](
-        user_id=tf.constant([user]), timestamp=tf.constant([0], tf.int64),
-        k=tf.constant([k], tf.int64))
-    ids = [v.decode("utf-8") for v in out["movie_ids"].numpy()[0]]
-    titles = [v.decode("utf-8") for v in out["movie_titles"].numpy()[0]]
-    scores = [float(s) for s in out["scores"].numpy()[0]]
-    return ids, titles, scores, bool(out["known_user"].numpy()[0])
+    from trainer import signatures as S
+
+    out = model.signatures[S.RECOMMEND_AT](**{
+        S.USER_ID: tf.constant([user]), S.TIMESTAMP: tf.constant([0], tf.int64),
+        S.K: tf.constant([k], tf.int64)})
+    ids = [v.decode("utf-8") for v in out[S.MOVIE_IDS].numpy()[0]]
+    titles = [v.decode("utf-8") for v in out[S.MOVIE_TITLES].numpy()[0]]
+    scores = [float(s) for s in out[S.SCORES].numpy()[0]]
+    return ids, titles, scores, bool(out[S.KNOWN_USER].numpy()[0])
 
 
 def cmd_recommend(args) -> int:
-    from pipeline.cli import UserError
-    from serving.model import MAX_K
+    from pipeline.errors import UserError
+    from trainer.signatures import MAX_K
 
     if not 1 <= args.k <= MAX_K:
         raise UserError(f"-k must be 1..{MAX_K}, got {args.k}")
@@ -167,7 +146,7 @@ def cmd_recommend(args) -> int:
 def resolve_movie(query: str, ids: list[str], titles: list[str]) -> tuple[str, str]:
     """(movie id, title) for a movie id, or a title: exact (case-insensitive), else the
     only title containing `query`. Raises UserError when it is none or several."""
-    from pipeline.cli import UserError
+    from pipeline.errors import UserError
 
     if query in ids:
         i = ids.index(query)
@@ -192,7 +171,9 @@ def resolve_movie(query: str, ids: list[str], titles: list[str]) -> tuple[str, s
 def cmd_rate(args) -> int:
     import tensorflow as tf
 
-    from pipeline.cli import UserError
+    from trainer import signatures as S
+
+    from pipeline.errors import UserError
     from serving.model import movie_catalog
 
     model, model_dir = _load(args.model)
@@ -201,9 +182,9 @@ def cmd_rate(args) -> int:
     except ValueError as e:
         raise UserError(f"{model_dir}: {e}") from e
     movie_id, title = resolve_movie(args.movie, ids, titles)
-    out = model.signatures["rate"](user_id=tf.constant([args.user]),
-                                   movie_id=tf.constant([movie_id]))
-    rating = float(out["rating"].numpy()[0])
+    out = model.signatures[S.RATE](**{S.USER_ID: tf.constant([args.user]),
+                                      S.MOVIE_ID: tf.constant([movie_id])})
+    rating = float(out[S.RATING].numpy()[0])
     *_, known_user = _recommendations(model, args.user, 1)
     if args.json:
         print(json.dumps({"user_id": args.user, "movie_id": movie_id, "title": title,

@@ -39,13 +39,13 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from google.protobuf import json_format  # noqa: E402
-from tensorflow.core.example import example_pb2, feature_pb2  # noqa: E402
 
+from trainer import examples  # noqa: E402
 from trainer import features as F  # noqa: E402
+from trainer import saved_model  # noqa: E402
+from trainer import signatures as S  # noqa: E402
 
-MAX_K = 100  # recommend_at's largest k (trainer.export.MAX_K)
 MAX_BATCH = 10_000  # instances per request
-EXAMPLES_INPUT = "examples"  # serving_default's input: serialized tf.Examples
 
 _INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 
@@ -147,28 +147,23 @@ def _numpy_dtype(dtype: tf.DType):
 
 
 def _example_from_features(features: dict, where: str) -> bytes:
-    """A serialized tf.Example from {raw feature name: value or list of values}."""
-    example = example_pb2.Example()
-    fmap = example.features.feature
+    """A serialized tf.Example from {raw feature name: value or list of values}: each
+    value checked and converted as JSON requires, then trainer/examples.py builds it."""
+    values = {}
     for name, value in features.items():
         spec = _RAW_FEATURES.get(name)
         if spec is None:
             raise RequestError(f"{where}: unknown feature {name!r} (known: "
                                f"{', '.join(sorted(_RAW_FEATURES))})")
-        values = value if isinstance(value, list) else [value]
-        if not spec.multivalent and len(values) != 1:
+        items = value if isinstance(value, list) else [value]
+        if not spec.multivalent and len(items) != 1:
             raise RequestError(f"{where}: feature {name!r} takes one value, got "
-                               f"{len(values)}")
+                               f"{len(items)}")
         at = f"{where}: feature {name!r}"
-        feature = feature_pb2.Feature()
-        if spec.dtype == tf.string:
-            feature.bytes_list.value.extend(_to_bytes(v, at) for v in values)
-        elif spec.dtype.is_integer:
-            feature.int64_list.value.extend(_to_int(v, at) for v in values)
-        else:
-            feature.float_list.value.extend(_to_float(v, at) for v in values)
-        fmap[name].CopyFrom(feature)
-    return example.SerializeToString()
+        convert = (_to_bytes if spec.dtype == tf.string else
+                   _to_int if spec.dtype.is_integer else _to_float)
+        values[name] = [convert(v, at) for v in items]
+    return examples.serialize(values)
 
 
 _RAW_FEATURES = {f.name: f for f in F.RATING_EXAMPLE_FEATURES}
@@ -190,8 +185,8 @@ class Signature:
         self._converters = {n: _numpy_dtype(s.dtype) for n, s in self.inputs.items()}
         self._single_input = next(iter(self.inputs)) if len(self.inputs) == 1 else None
         self._single_output = next(iter(self.outputs)) if len(self.outputs) == 1 else None
-        self._takes_examples = (self._single_input == EXAMPLES_INPUT
-                                and self.inputs[EXAMPLES_INPUT].dtype == tf.string)
+        self._takes_examples = (self._single_input == S.EXAMPLES
+                                and self.inputs[S.EXAMPLES].dtype == tf.string)
 
     # ----------------------------------------------------------------- request -> tensors
     def _example_value(self, value, where: str):
@@ -224,10 +219,10 @@ class Signature:
         if shape and shape[0] > MAX_BATCH:
             raise RequestError(f"{where}: at most {MAX_BATCH} instances per request")
         converted = [v if type(v) is bytes else convert(v, where) for v in flat]
-        if name == "k" and spec.dtype.is_integer:
-            too_big = [k for k in converted if k > MAX_K]
+        if name == S.K and spec.dtype.is_integer:
+            too_big = [k for k in converted if k > S.MAX_K]
             if too_big:
-                raise RequestError(f"{where}: k must be at most {MAX_K}, got {too_big[0]}")
+                raise RequestError(f"{where}: k must be at most {S.MAX_K}, got {too_big[0]}")
         array = np.empty(len(converted), dtype=object) if np_dtype is object \
             else np.array(converted, dtype=np_dtype)
         if np_dtype is object:
@@ -246,7 +241,7 @@ class Signature:
         for i, instance in enumerate(instances):
             where = f"instances[{i}]"
             if isinstance(instance, dict) and not _is_b64(instance) and (
-                    not self._takes_examples or set(instance) == {EXAMPLES_INPUT}):
+                    not self._takes_examples or set(instance) == {S.EXAMPLES}):
                 self._check_input_names(instance, names, f"{where}: ")
                 for n in names:
                     columns[n].append(self._example_value(instance[n], where))
@@ -276,7 +271,7 @@ class Signature:
     def _columnar_feeds(self, inputs) -> dict:
         names = list(self.inputs)
         if isinstance(inputs, dict) and not _is_b64(inputs) and not (
-                self._takes_examples and set(inputs) != {EXAMPLES_INPUT}):
+                self._takes_examples and set(inputs) != {S.EXAMPLES}):
             self._check_input_names(inputs, names, "")
             values = inputs
         elif self._single_input is not None:
@@ -378,7 +373,7 @@ class Signature:
             if spec.dtype == tf.string:
                 feeds[name] = np.full(shape, b"", dtype=object)
             else:
-                feeds[name] = np.full(shape, 10 if name == "k" else 0,
+                feeds[name] = np.full(shape, S.DEFAULT_K if name == S.K else 0,
                                       dtype=spec.dtype.as_numpy_dtype)
         try:
             self.call(feeds)
@@ -452,7 +447,7 @@ class ServedModel:
     @classmethod
     def load(cls, path: str, version: int, warm_up: bool = True) -> "ServedModel":
         defs = _signature_defs(path)
-        module = load_saved_model(path)
+        module = saved_model.load(path)
         signatures = {name: Signature(name, fn, defs.get(name, {}))
                       for name, fn in module.signatures.items()}
         if not signatures:
@@ -473,20 +468,10 @@ class ServedModel:
         }
 
 
-def load_saved_model(path: str):
-    """tf.saved_model.load, with ScaNN's ops registered first (models exported with
-    `--index scann` need them; TFRS is not imported here, to keep the server light)."""
-    try:
-        import scann  # noqa: F401
-    except ImportError:
-        pass
-    return tf.saved_model.load(path)
-
-
 # ------------------------------------------------------------------------ the catalog
 def movie_catalog(module) -> tuple[list[str], list[str]]:
     """(movie ids, titles) of a loaded movierec SavedModel, in catalog order."""
-    ids, titles = getattr(module, "movie_ids", None), getattr(module, "movie_titles", None)
+    ids, titles = getattr(module, S.MOVIE_IDS, None), getattr(module, S.MOVIE_TITLES, None)
     if ids is None or titles is None:
         raise ValueError("the model does not expose its movie catalog (movie_ids, "
                          "movie_titles): was it exported by trainer/export.py?")

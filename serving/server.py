@@ -39,6 +39,7 @@ import weakref
 
 import tensorflow as tf
 
+from serving import versions
 from serving.model import RequestError, ServedModel
 
 log = logging.getLogger("movierec.serve")
@@ -124,18 +125,12 @@ class VersionManager:
     # what is on disk
     def _versions_on_disk(self) -> dict[int, str]:
         try:
-            names = os.listdir(self.base)
+            return versions.on_disk(self.base)
         except OSError as e:
             if not self._warned_empty:
                 log.warning("cannot list %s: %s", self.base, e.strerror)
                 self._warned_empty = True
             return {}
-        out = {}
-        for name in names:
-            path = os.path.join(self.base, name)
-            if name.isdigit() and os.path.isdir(path):
-                out[int(name)] = path
-        return out
 
     def _set(self, status: VersionStatus):
         with self._lock:
@@ -415,17 +410,6 @@ def create_app(manager: VersionManager, threads: int = 1):
 
 
 # ----------------------------------------------------------------------------- running
-def _model_dir(model_base: str, name: str) -> str:
-    """MODEL's versions live in BASE/MODEL (TF Serving's --model_base_path is that dir);
-    a base that itself holds integer versions is taken as is."""
-    nested = os.path.join(model_base, name)
-    if os.path.isdir(nested):
-        return nested
-    if os.path.isdir(model_base) and any(v.isdigit() for v in os.listdir(model_base)):
-        return model_base
-    return nested
-
-
 def serve(model_base: str, host: str = "127.0.0.1", port: int = 8501,
           model_name: str = "movierec", poll_seconds: float = 2.0, threads: int = 1,
           access_log: bool = False, ready_file: str | None = None) -> int:
@@ -438,7 +422,7 @@ def serve(model_base: str, host: str = "127.0.0.1", port: int = 8501,
 
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, stop_early)
-    base = _model_dir(os.path.abspath(model_base), model_name)
+    base = versions.model_base(os.path.abspath(model_base), model_name)
     manager = VersionManager(model_name, base, poll_seconds)
     manager.poll(initial=True)
     if manager.current is None:

@@ -30,18 +30,20 @@ def example_files(tmp_path_factory, ml100k_dir):
     import tensorflow as tf
 
     from components.movielens_example_gen import executor, movielens
+    from trainer import features as F
 
     out = tmp_path_factory.mktemp("examples")
     movies = movielens.read_movies(ml100k_dir)
     users = movielens.read_users(ml100k_dir)
     writers = {s: tf.io.TFRecordWriter(str(out / f"{s}.gz"), options="GZIP")
-               for s in (executor.TRAIN, executor.EVAL, executor.CATALOG)}
+               for s in F.SPLITS}
+    encoder = executor.ExampleEncoder(movies, users)
     for rating in movielens.iter_ratings(ml100k_dir):
-        split = executor.EVAL if executor.random_bucket(rating, 42) < 0.2 else executor.TRAIN
-        writers[split].write(executor.rating_example(
-            rating, movies[rating.movie_id], users[rating.user_id]).SerializeToString())
+        split = (F.EVAL_SPLIT if executor.random_bucket(rating, 42) < 0.2
+                 else F.TRAIN_SPLIT)
+        writers[split].write(encoder.encode(rating))
     for movie in movies.values():
-        writers[executor.CATALOG].write(executor.catalog_example(movie).SerializeToString())
+        writers[F.CATALOG_SPLIT].write(executor.catalog_example(movie))
     for writer in writers.values():
         writer.close()
     return {s: str(out / f"{s}.gz") for s in writers}

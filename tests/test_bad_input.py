@@ -425,7 +425,7 @@ def test_crlf_line_endings_read_the_same(write):
 def test_ml_latest_has_no_user_file_so_any_user_is_taken(write):
     d = write("ml-latest")
     edit_rating(d, "ml-latest", 9, user="999999")
-    examples = list(executor.rating_examples(str(d)))
+    examples = [tf.train.Example.FromString(e) for e in executor.rating_examples(str(d))]
     new_user = [e for e in examples
                 if e.features.feature[F.USER_ID].bytes_list.value == [b"999999"]]
     assert len(new_user) == 1

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from tfx.types import standard_artifacts
 
-from components.movielens_example_gen import executor, movielens, synth
+from components.movielens_example_gen import executor, movielens, splits, synth
 from trainer import features as F
 
 
@@ -94,24 +94,58 @@ def test_ratings_of_movies_missing_from_the_catalog_fail_clearly(tmp_path, synth
 
 def test_unknown_split_is_refused():
     with pytest.raises(ValueError, match="fold:NAME"):
-        executor.ratings_sources("sometimes")
+        splits.ratings_sources("sometimes")
+
+
+def _protobuf_example(values: dict) -> tf.train.Example:
+    """The reference: the same raw features built with protobuf's own classes."""
+    feature = {}
+    for name, value in values.items():
+        spec = next(f for f in F.RATING_EXAMPLE_FEATURES if f.name == name)
+        value = list(value) if isinstance(value, (list, tuple)) else [value]
+        if spec.dtype == tf.string:
+            feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(
+                value=[v.encode("utf-8") for v in value]))
+        elif spec.dtype.is_integer:
+            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=value))
+        else:
+            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=value))
+    return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
 def test_fast_encoder_writes_the_same_examples_as_protobuf(ml100k_dir):
-    """The executor's ExampleEncoder reuses each movie's and user's serialized features;
-    every example must parse to exactly the protobuf-built one (user or no user, unicode
-    titles, half stars, many genres, no genre)."""
+    """The wire-format example builder (trainer/examples.py, through the executor's
+    ExampleEncoder, which reuses each movie's and user's serialized entries): every example
+    must parse to exactly the protobuf-built one (user or no user, unicode titles, half
+    stars, many genres, no genre, negative and large numbers)."""
     movies = movielens.read_movies(str(ml100k_dir), "ml-100k")
     users = movielens.read_users(str(ml100k_dir), "ml-100k")
     ratings = list(movielens.iter_ratings(str(ml100k_dir), "ml-100k"))[:300]
     some_users = sorted(users)
     movies["x"] = movielens.Movie("x", "Amélie (2001) — 東京", (), 0)
-    movies["y"] = movielens.Movie("y", "", tuple(f"g{i}" for i in range(30)), 1999)
+    movies["y"] = movielens.Movie("y", "", tuple(f"g{i}" for i in range(30)), -5)
     encoder = executor.ExampleEncoder(movies, users)
     ratings += [movielens.Rating(some_users[0], "x", 4.5, 2**40),
                 movielens.Rating("no-such-user", "y", 0.5, 0),
-                movielens.Rating(some_users[1], "y", 5.0, 1)]
+                movielens.Rating(some_users[1], "y", 5.0, -1)]
     for rating in ratings:
-        expected = executor.rating_example(rating, movies[rating.movie_id],
-                                           users.get(rating.user_id))
+        expected = _protobuf_example({
+            F.USER_ID: rating.user_id, F.TIMESTAMP: rating.timestamp,
+            F.RATING: rating.rating,
+            **executor.movie_values(movies[rating.movie_id]),
+            **executor.user_values(users.get(rating.user_id))})
         assert tf.train.Example.FromString(encoder.encode(rating)) == expected
+    for movie in movies.values():
+        assert (tf.train.Example.FromString(executor.catalog_example(movie))
+                == _protobuf_example(executor.movie_values(movie)))
+
+
+def test_example_builder_names_a_bad_feature():
+    from trainer import examples
+
+    with pytest.raises(ValueError, match="unknown feature 'colour'"):
+        examples.serialize({"colour": "red"})
+    with pytest.raises(ValueError, match="feature 'movie_id' takes one value, got 2"):
+        examples.serialize({F.MOVIE_ID: ["1", "2"]})
+    assert examples.serialize({}) == tf.train.Example(
+        features=tf.train.Features()).SerializeToString()

@@ -160,7 +160,7 @@ def test_yaml_spec_for_a_directory_only_the_cluster_sees(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--data-dir", "gs://bkt/ml-100k"], "use its Cloud Storage FUSE path /gcs/bkt/ml-100k"),
     (["--data-dir", "data/ml-100k"], "--data-dir must be an absolute path"),
-    (["--data-dir", "/gcs/bkt/ratings"], "--layout is required"),
+    (["--data-dir", "/gcs/bkt/ratings"], "layout is required"),
     (["--layout", "ml-7m"], "unknown MovieLens layout 'ml-7m'"),
     (["--layout", "ml-1m", "--data-dir", "{ml100k}"], "does not match the files"),
     (["--hparam", "no_such_thing=1"], "unknown hyperparameters: no_such_thing"),

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from components.movielens_example_gen import executor
-from trainer import export
+from trainer import export, saved_model
 from trainer import features as F
 from trainer.model import HParams, MovieRecModel, Vocab
 
@@ -136,7 +136,7 @@ def test_catalog_examples_round_trip():
 
     movie = movielens.Movie("7", "Some Film (1990)", ("Drama", "War"), 1990)
     parsed = tf.io.parse_single_example(
-        executor.catalog_example(movie).SerializeToString(),
+        executor.catalog_example(movie),
         F.raw_feature_spec(F.MOVIE_FEATURES))
     assert parsed[F.MOVIE_ID].numpy()[0] == b"7"
     assert list(tf.sparse.to_dense(parsed[F.MOVIE_GENRES]).numpy()) == [b"Drama", b"War"]
@@ -229,14 +229,14 @@ def test_retrieval_metrics_agree_with_what_recommend_serves(exported, example_fi
 
 def test_scann_index_exports_and_agrees_with_brute_force(exported, tmp_path, example_files,
                                                          transform_dir):
-    """`--index scann`: the exported model loads (ScaNN's ops registered by export.load)
+    """`--index scann`: the exported model loads (ScaNN's ops registered by saved_model.load)
     and recommends nearly what the exact index does."""
     from conftest import SMALL_HPARAMS
     from trainer.run import train_and_export
 
     train_and_export([example_files["train"]], [example_files["catalog"]], transform_dir,
                      str(tmp_path / "scann"), HParams(index="scann", **SMALL_HPARAMS))
-    scann_model = export.load(str(tmp_path / "scann"))
+    scann_model = saved_model.load(str(tmp_path / "scann"))
     exact, _ = exported
     users = tf.constant([str(u) for u in range(1, 21)])
     a = scann_model.signatures["recommend"](user_id=users)["movie_ids"].numpy()
@@ -259,7 +259,7 @@ def test_early_stopping_keeps_the_best_validation_epoch(example_files, transform
     ratings, _ = run.load_ratings(run.tfrecord_files(example_files["train"]),
                                   tft_output.transform_features_layer())
     train, validation = run.split_validation(ratings, hp.validation_fraction, hp.seed)
-    vocab = Vocab.from_tft_output(tft_output, hp.timestamp_buckets)
+    vocab = Vocab.from_tft_output(tft_output)
     model, _, history = run.fit(train, vocab, hp, validation)
     objective = history[run.VAL_OBJECTIVE]
     assert 1 <= len(objective) <= 8

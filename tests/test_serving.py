@@ -326,13 +326,6 @@ def test_bad_request_is_400_with_a_json_error(server, body, message):
     assert set(answer) == {"error"} and message in answer["error"], answer
 
 
-def test_k_limit_is_the_models():
-    from serving import model
-    from trainer import export
-
-    assert model.MAX_K == export.MAX_K
-
-
 def test_unknown_paths_models_versions_and_methods(server):
     assert server.get("/v1/models/other")[0] == 404
     assert server.predict({"instances": ["1"]}, "/v1/models/other:predict")[0] == 404

@@ -61,7 +61,10 @@ def test_written_directory_is_ml_latest_with_the_requested_counts(latest_dir):
 def test_every_rating_joins_as_example_gen_joins_them(latest_dir):
     from components.movielens_example_gen import executor
 
-    examples = list(executor.rating_examples(str(latest_dir)))
+    import tensorflow as tf
+
+    examples = [tf.train.Example.FromString(e)
+                for e in executor.rating_examples(str(latest_dir))]
     assert len(examples) == 9000
     feature = examples[0].features.feature
     assert feature["movie_title"].bytes_list.value[0].decode().endswith(")")

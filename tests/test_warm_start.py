@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 from conftest import SMALL_HPARAMS
 
-from trainer import export
+from trainer import saved_model
 from trainer.model import HParams
 from trainer.run import train_and_export
 from trainer.warm_start import row_map
@@ -27,8 +27,8 @@ def test_untrained_warm_start_reproduces_the_base_model(trained_model, example_f
     counts = summary["warm_start"]
     assert counts["fresh"] == 0 and counts["copied"] > 0 and counts["remapped"] > 0
     users, movies = ["1", "2", "3", "7"], ["1", "5", "9", "12"]
-    base_rec, base_rate = _answers(export.load(str(base_dir)), users, movies)
-    warm_rec, warm_rate = _answers(export.load(str(tmp_path / "warm")), users, movies)
+    base_rec, base_rate = _answers(saved_model.load(str(base_dir)), users, movies)
+    warm_rec, warm_rate = _answers(saved_model.load(str(tmp_path / "warm")), users, movies)
     np.testing.assert_allclose(warm_rate, base_rate, rtol=1e-5, atol=1e-5)
     assert (warm_rec == base_rec).all()
 
@@ -40,8 +40,8 @@ def test_cold_model_differs_from_the_base_model(trained_model, example_files, tr
     train_and_export([example_files["train"]], [example_files["catalog"]], transform_dir,
                      str(tmp_path / "cold"), HParams(**{**SMALL_HPARAMS, "epochs": 0}))
     users, movies = ["1", "2", "3", "7"], ["1", "5", "9", "12"]
-    _, base_rate = _answers(export.load(str(base_dir)), users, movies)
-    _, cold_rate = _answers(export.load(str(tmp_path / "cold")), users, movies)
+    _, base_rate = _answers(saved_model.load(str(base_dir)), users, movies)
+    _, cold_rate = _answers(saved_model.load(str(tmp_path / "cold")), users, movies)
     assert np.max(np.abs(cold_rate - base_rate)) > 1e-3
 
 

@@ -25,17 +25,12 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import features as F
+from trainer import signatures as S
 
 TOP_KS = (1, 5, 10, 50, 100)
 USER_KS = (10, 100)
 _SPEC = F.raw_feature_spec((F.QUERY_FEATURES[0], F.QUERY_FEATURES[1],
                             F.MOVIE_FEATURES[0], F.LABEL_FEATURE))
-
-
-def load_serving_model(path: str):
-    from trainer import export
-
-    return export.load(path)
 
 
 def serialized_batches(files, batch_size: int = 2048, max_examples: int = 0, seed: int = 0):
@@ -72,7 +67,7 @@ class _Ranker:
     """Full-catalog scores for queries, optionally without the user's training movies."""
 
     def __init__(self, model, train_rated: dict | None):
-        self._score = model.signatures["score_catalog"]
+        self._score = model.signatures[S.SCORE_CATALOG]
         ids = model.movie_ids.numpy()
         self._column = {m: i for i, m in enumerate(ids)}
         self._train = {u: np.array([self._column[m] for m in ms if m in self._column])
@@ -80,8 +75,8 @@ class _Ranker:
         self.filtered = train_rated is not None
 
     def scores(self, users, timestamps):
-        return self._score(user_id=tf.constant(users),
-                           timestamp=tf.constant(timestamps, tf.int64))["scores"].numpy()
+        return self._score(**{S.USER_ID: tf.constant(users),
+                              S.TIMESTAMP: tf.constant(timestamps, tf.int64)})[S.SCORES].numpy()
 
     def columns(self, movies):
         return np.array([self._column.get(m, -1) for m in movies])
@@ -168,7 +163,7 @@ def evaluate(model, batches, rating: bool = True, retrieval: bool = True,
             for u, m, t in zip(cols[F.USER_ID], cols[F.MOVIE_ID], cols[F.TIMESTAMP]):
                 held_out[u].append((m, t))
         if rating:
-            predicted = model.signatures["serving_default"](examples=batch)["rating"]
+            predicted = model.signatures[S.SERVING_DEFAULT](**{S.EXAMPLES: batch})[S.RATING]
             errors.append(predicted.numpy() - cols[F.RATING])
     metrics = _rating_metrics(errors) if rating else {}
     if retrieval and ranks:

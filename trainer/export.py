@@ -13,7 +13,9 @@ Signatures (all take *raw* values; Transform runs inside):
 
 Users that were not in the training data get the most popular movies (scores are their
 training popularity share) and known_user=False; the signature never fails on them.
-The training object (with its loss tasks) is not saved: see DEVELOPERS.md on FactorizedTopK.
+The training object (with its loss tasks) is not saved, only this module: TFRS's
+FactorizedTopK metric layer of the training model does not need to be restored to serve.
+Signature, input and output names are trainer/signatures.py's.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from trainer import features as F
+from trainer import signatures as S
+from trainer.signatures import DEFAULT_K, MAX_K
 
-DEFAULT_K = 10
-MAX_K = 100
 INDEXES = ("brute_force", "scann")
 
 
@@ -48,15 +50,6 @@ def make_index(kind: str, embeddings, identifiers, k: int):
         raise ValueError(f"unknown index {kind!r} ({', '.join(INDEXES)})")
     index.index(tf.constant(embeddings), tf.constant(identifiers, tf.int64))
     return index
-
-
-def load(path: str):
-    """Loads an exported model (ScaNN's ops are registered first when it is installed)."""
-    try:
-        import scann  # noqa: F401
-    except ImportError:
-        pass
-    return tf.saved_model.load(path)
 
 
 def _string_matrix(rows, width):
@@ -83,9 +76,9 @@ class MovieRecExport(tf.Module):
         n = len(catalog[F.MOVIE_ID])
         # Variables, so that a loaded model has them as attributes (movie_ids, movie_titles).
         ids = np.asarray(catalog[F.MOVIE_ID], dtype=object)
-        self.movie_ids = tf.Variable(ids, trainable=False, name="movie_ids")
+        self.movie_ids = tf.Variable(ids, trainable=False, name=S.MOVIE_IDS)
         self.movie_titles = tf.Variable(np.asarray(catalog[F.MOVIE_TITLE], dtype=object),
-                                        trainable=False, name="movie_titles")
+                                        trainable=False, name=S.MOVIE_TITLES)
         width = max((len(g) for g in catalog[F.MOVIE_GENRES]), default=1)
         self._movie_genres = tf.constant(_string_matrix(catalog[F.MOVIE_GENRES], width))
         self._movie_years = tf.constant(np.asarray(catalog[F.MOVIE_YEAR], dtype=np.int64))
@@ -160,21 +153,21 @@ class MovieRecExport(tf.Module):
         rows = tf.where(known[:, None], rows, popular_rows)[:, :k]
         scores = tf.where(known[:, None], scores, popular_scores)[:, :k]
         return {
-            "movie_ids": tf.gather(self.movie_ids, rows),
-            "movie_titles": tf.gather(self.movie_titles, rows),
-            "scores": scores,
-            "known_user": known,
+            S.MOVIE_IDS: tf.gather(self.movie_ids, rows),
+            S.MOVIE_TITLES: tf.gather(self.movie_titles, rows),
+            S.SCORES: scores,
+            S.KNOWN_USER: known,
         }
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=S.USER_ID)])
     def recommend(self, user_id):
         zeros = tf.zeros_like(user_id, dtype=tf.int64)
         return self._recommend(user_id, zeros, tf.constant(DEFAULT_K, tf.int32))
 
     @tf.function(input_signature=[
-        tf.TensorSpec([None], tf.string, name="user_id"),
-        tf.TensorSpec([None], tf.int64, name="timestamp"),
-        tf.TensorSpec([None], tf.int64, name="k"),
+        tf.TensorSpec([None], tf.string, name=S.USER_ID),
+        tf.TensorSpec([None], tf.int64, name=S.TIMESTAMP),
+        tf.TensorSpec([None], tf.int64, name=S.K),
     ])
     def recommend_at(self, user_id, timestamp, k):
         k = tf.where(k > 0, k, DEFAULT_K)  # k <= 0 means the default
@@ -182,14 +175,14 @@ class MovieRecExport(tf.Module):
         return self._recommend(user_id, timestamp, largest)
 
     @tf.function(input_signature=[
-        tf.TensorSpec([None], tf.string, name="user_id"),
-        tf.TensorSpec([None], tf.int64, name="timestamp"),
+        tf.TensorSpec([None], tf.string, name=S.USER_ID),
+        tf.TensorSpec([None], tf.int64, name=S.TIMESTAMP),
     ])
     def score_catalog(self, user_id, timestamp):
         """Scores of every catalog movie (for evaluation): [batch, catalog]."""
         query, known = self._query_embedding(user_id, self._now_if_unset(timestamp))
-        return {"scores": tf.matmul(query, self.candidate_embeddings, transpose_b=True),
-                "known_user": known}
+        return {S.SCORES: tf.matmul(query, self.candidate_embeddings, transpose_b=True),
+                S.KNOWN_USER: known}
 
     def _rate(self, raw):
         xf = self._transform(raw)
@@ -197,15 +190,15 @@ class MovieRecExport(tf.Module):
             xf, self.query_tower(xf, training=False), self.candidate_tower(xf, training=False),
             training=False)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=S.EXAMPLES)])
     def serving_default(self, examples):
         spec = F.raw_feature_spec(F.QUERY_FEATURES + F.MOVIE_FEATURES)
         raw = tf.io.parse_example(examples, spec)
-        return {"rating": self._rate(raw)}
+        return {S.RATING: self._rate(raw)}
 
     @tf.function(input_signature=[
-        tf.TensorSpec([None], tf.string, name="user_id"),
-        tf.TensorSpec([None], tf.string, name="movie_id"),
+        tf.TensorSpec([None], tf.string, name=S.USER_ID),
+        tf.TensorSpec([None], tf.string, name=S.MOVIE_ID),
     ])
     def rate(self, user_id, movie_id):
         raw, _ = self._raw_query(user_id, self._now_if_unset(tf.zeros_like(user_id,
@@ -214,17 +207,11 @@ class MovieRecExport(tf.Module):
         movie = self._raw_movies(tf.maximum(row, 0))
         movie[F.MOVIE_ID] = movie_id  # unknown movies keep their id (-> OOV embedding)
         raw.update(movie)
-        return {"rating": self._rate(raw), "known_movie": row >= 0}
+        return {S.RATING: self._rate(raw), S.KNOWN_MOVIE: row >= 0}
 
 
 def save(module: MovieRecExport, path: str):
-    signatures = {
-        "serving_default": module.serving_default.get_concrete_function(),
-        "recommend": module.recommend.get_concrete_function(),
-        "recommend_at": module.recommend_at.get_concrete_function(),
-        "rate": module.rate.get_concrete_function(),
-        "score_catalog": module.score_catalog.get_concrete_function(),
-    }
+    signatures = {name: getattr(module, name).get_concrete_function() for name in S.ALL}
     options = tf.saved_model.SaveOptions(
         namespace_whitelist=["Scann"] if module.index_kind == "scann" else None)
     tf.saved_model.save(module, path, signatures=signatures, options=options)

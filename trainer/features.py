@@ -1,4 +1,4 @@
-"""Every feature of movierec, named once.
+"""Every feature of movierec, named once (and the splits of the examples that hold them).
 
 ExampleGen writes the *raw* features below into tf.Examples, Transform turns them into
 the *transformed* features, the Trainer's towers read the transformed ones, the exported
@@ -11,6 +11,13 @@ from __future__ import annotations
 import dataclasses
 
 import tensorflow as tf
+
+# --- the splits of MovieLensExampleGen's Examples artifact ---------------------------------
+
+TRAIN_SPLIT = "train"  # rating examples the model learns from
+EVAL_SPLIT = "eval"  # held-out rating examples (never trained on)
+CATALOG_SPLIT = "catalog"  # one example per movie, rated or not
+SPLITS = (TRAIN_SPLIT, EVAL_SPLIT, CATALOG_SPLIT)
 
 # --- raw features (tf.Example keys written by MovieLensExampleGen) -------------------------
 
@@ -102,6 +109,9 @@ ZIP_PREFIX_LEN = 2
 AGE_BOUNDARIES = (1, 18, 25, 35, 45, 50, 56)  # MovieLens' own age groups; bucket 0 = unknown
 YEAR_BUCKETS = 20
 DEFAULT_TIMESTAMP_BUCKETS = 1000  # the seeds' choice
+# Transform's custom_config key for the number of timestamp buckets (a pipeline setting,
+# PipelineConfig.timestamp_buckets; the Trainer reads the count from the transformed schema).
+TIMESTAMP_BUCKETS_CONFIG = "timestamp_buckets"
 
 # Vocabulary file names (Transform writes them; the Trainer sizes embeddings from them).
 # Every vocabulary has one out-of-vocabulary bucket after its last entry.

@@ -76,7 +76,6 @@ class HParams:
     residual_knn_weight: float = 1.0
     residual_session_weight: float = 0.5
     residual_session_tau: float = 60.0
-    timestamp_buckets: int = F.DEFAULT_TIMESTAMP_BUCKETS
     # Retrieval index in the exported model: "brute_force" (exact) or "scann" (approximate,
     # for catalogs of tens of thousands of movies and more).
     index: str = "brute_force"
@@ -144,12 +143,17 @@ class Vocab:
     sizes: Mapping[str, int]
 
     @classmethod
-    def from_tft_output(cls, tft_output, timestamp_buckets: int) -> "Vocab":
+    def from_tft_output(cls, tft_output) -> "Vocab":
         sizes = {key: tft_output.vocabulary_size_by_name(name) + F.OOV_BUCKETS
                  for key, name in F.VOCABS.items()}
         for key in F.PADDED:  # ids shifted by one for padding
             sizes[key] += 1
-        sizes[F.TIMESTAMP_BUCKET_XF] = timestamp_buckets + 1
+        # The number of timestamp buckets is Transform's setting (PipelineConfig's
+        # timestamp_buckets): read from the transformed schema (ids 0 .. max), plus one.
+        domain = tft_output.transformed_metadata.schema
+        buckets = next(f.int_domain.max for f in domain.feature
+                       if f.name == F.TIMESTAMP_BUCKET_XF) + 1
+        sizes[F.TIMESTAMP_BUCKET_XF] = buckets + 1
         sizes[F.YEAR_BUCKET_XF] = F.YEAR_BUCKETS + 2
         sizes[F.AGE_BUCKET_XF] = len(F.AGE_BOUNDARIES) + 1
         return cls(sizes)

@@ -74,7 +74,7 @@ def preprocessing_fn(inputs, custom_config=None):
         first = tft.min(seconds)
         seconds = tf.clip_by_value(seconds, first, tft.max(seconds))
         ts = tf.cast(seconds, tf.float32)
-        buckets = int(config.get("timestamp_buckets", F.DEFAULT_TIMESTAMP_BUCKETS))
+        buckets = int(config.get(F.TIMESTAMP_BUCKETS_CONFIG, F.DEFAULT_TIMESTAMP_BUCKETS))
         out[F.TIMESTAMP_BUCKET_XF] = tft.bucketize(ts, buckets)
         out[F.TIMESTAMP_Z_XF] = tft.scale_to_z_score(ts)
         # exact in int64, then float32: about a minute's resolution over 20 years

@@ -306,12 +306,15 @@ def attach_neighborhood(model, train: Ratings, vocab: Vocab, hp: HParams) -> flo
 def train_and_export(train_files, catalog_files, transform_output: str, serving_dir: str,
                      hp: HParams, log_dir: str | None = None,
                      base_model: str | None = None) -> dict:
-    """Everything run_fn does, callable without TFX. Returns the training history.
+    """Everything run_fn does, callable without TFX: trains on `train_files`, exports the
+    SavedModel with the catalog of `catalog_files` to `serving_dir`, and returns the
+    training summary (also written to LOG_DIR/training.json): the per-epoch history, the
+    hyperparameters, example counts, epochs, catalog size, seconds.
     base_model: an exported model to warm-start from (trainer.warm_start)."""
     started = time.time()
     tft_output = tft.TFTransformOutput(transform_output)
     tft_layer = tft_output.transform_features_layer()
-    vocab = Vocab.from_tft_output(tft_output, hp.timestamp_buckets)
+    vocab = Vocab.from_tft_output(tft_output)
     release_free_memory()  # what earlier components of this process freed
     ratings, users = load_ratings(tfrecord_files(train_files), tft_layer)
     release_free_memory()  # the parsed batches
@@ -364,6 +367,6 @@ def run_fn(fn_args):
     """TFX Trainer entry point."""
     hp = hparams_for(fn_args)
     train_and_export(
-        fn_args.train_files, _split_dir(fn_args.train_files, "catalog"),
+        fn_args.train_files, _split_dir(fn_args.train_files, F.CATALOG_SPLIT),
         fn_args.transform_output, fn_args.serving_model_dir, hp,
         log_dir=fn_args.model_run_dir, base_model=fn_args.base_model or None)

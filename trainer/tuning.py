@@ -63,7 +63,7 @@ def tuner_fn(fn_args) -> TunerFnResult:
     base_values = dict(config.get("hparams") or {})
     base = HParams.from_dict(base_values)
     tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
-    vocab = Vocab.from_tft_output(tft_output, base.timestamp_buckets)
+    vocab = Vocab.from_tft_output(tft_output)
     ratings, _ = run.load_ratings(run.tfrecord_files(fn_args.train_files),
                                   tft_output.transform_features_layer())
     train, validation = run.split_validation(ratings, base.validation_fraction or 0.1,

@@ -90,9 +90,9 @@ def _variables(module) -> dict:
 def warm_start(model, base_model_dir: str, tft_output) -> dict:
     """Copies `base_model_dir`'s weights into `model` (built); returns counts of variables
     copied as is, remapped through vocabularies, and left fresh."""
-    from trainer import export
+    from trainer import saved_model
 
-    old_vars = _variables(export.load(base_model_dir))
+    old_vars = _variables(saved_model.load(base_model_dir))
     assets = os.path.join(base_model_dir, "assets")
     counts = {"copied": 0, "remapped": 0, "fresh": 0}
     for path, var in _variables(model).items():

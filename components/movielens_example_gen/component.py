@@ -12,7 +12,7 @@ from tfx import types
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from components.movielens_example_gen import executor, movielens
+from components.movielens_example_gen import executor, movielens, splits
 
 
 class MovieLensExampleGenSpec(ComponentSpec):
@@ -32,13 +32,13 @@ class MovieLensExampleGen(base_beam_component.BaseBeamComponent):
     SPEC_CLASS = MovieLensExampleGenSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
-    def __init__(self, data_dir: str, layout: str | None = None, split: str = "random",
+    def __init__(self, data_dir: str, layout: str | None = None, split: str = splits.DEFAULT,
                  seed: int = 42, eval_fraction: float = 0.2,
                  input_fingerprint: str | None = None):
         """data_dir: a MovieLens directory (layout detected when not given);
         split: 'random' (seeded 80/20, the seeds' protocol), 'time' (the newest ratings
         held out) or 'fold:NAME' (NAME.base / NAME.test, e.g. ml-100k's fold:u1)."""
-        executor.ratings_sources(split)  # validates
+        splits.ratings_sources(split)  # validates
         if not 0.0 < eval_fraction < 1.0:
             raise ValueError("eval_fraction must be between 0 and 1")
         super().__init__(spec=MovieLensExampleGenSpec(

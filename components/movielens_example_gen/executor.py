@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 from typing import Any, Dict, List
 
 import apache_beam as beam
@@ -27,148 +26,91 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
-from components.movielens_example_gen import movielens
+from components.movielens_example_gen import movielens, splits
+from components.movielens_example_gen.splits import ratings_sources
+from trainer import examples as ex
 from trainer import features as F
 
-TRAIN, EVAL, CATALOG = "train", "eval", "catalog"
-SPLITS = (TRAIN, EVAL, CATALOG)
+TRAIN, EVAL, CATALOG = F.TRAIN_SPLIT, F.EVAL_SPLIT, F.CATALOG_SPLIT
 _NAMESPACE = "movierec.example_gen"
-_FLOAT = struct.Struct("<f")
 
 
-def _bytes(*values):
-    return tf.train.Feature(bytes_list=tf.train.BytesList(
-        value=[v.encode("utf-8") for v in values]))
+def movie_values(movie: movielens.Movie) -> dict:
+    """A movie's raw features (F.MOVIE_FEATURES): what the catalog and its ratings hold."""
+    return {F.MOVIE_ID: movie.movie_id, F.MOVIE_TITLE: movie.title,
+            F.MOVIE_GENRES: list(movie.genres), F.MOVIE_YEAR: movie.release_year}
 
 
-def _int(value):
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+def user_values(user: movielens.User | None) -> dict:
+    """A user's side features (F.USER_SIDE_FEATURES); empty values where the layout has
+    no user file."""
+    return {F.USER_AGE: user.age if user else 0,
+            F.USER_GENDER: user.gender if user else "",
+            F.USER_OCCUPATION: user.occupation if user else "",
+            F.USER_ZIP: user.zip_code if user else ""}
 
 
-def _float(value):
-    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
-
-
-def movie_features(movie: movielens.Movie) -> dict:
-    return {
-        F.MOVIE_ID: _bytes(movie.movie_id),
-        F.MOVIE_TITLE: _bytes(movie.title),
-        F.MOVIE_GENRES: _bytes(*movie.genres),
-        F.MOVIE_YEAR: _int(movie.release_year),
-    }
-
-
-def user_features(user: movielens.User | None) -> dict:
-    return {
-        F.USER_AGE: _int(user.age if user else 0),
-        F.USER_GENDER: _bytes(user.gender if user else ""),
-        F.USER_OCCUPATION: _bytes(user.occupation if user else ""),
-        F.USER_ZIP: _bytes(user.zip_code if user else ""),
-    }
-
-
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1  # int64 on the wire: negatives as ten-byte two's complement
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(tag: int, payload: bytes) -> bytes:
-    """One length-delimited protobuf field (tag byte = field number << 3 | 2)."""
-    return bytes((tag,)) + _varint(len(payload)) + payload
-
-
-def _entry(key: bytes, feature: bytes) -> bytes:
-    """One entry of tf.train.Features' map: key (field 1) and Feature (field 2)."""
-    return _field(0x0A, _field(0x0A, key) + _field(0x12, feature))
+def catalog_example(movie: movielens.Movie) -> bytes:
+    """The serialized catalog example of a movie."""
+    return ex.serialize(movie_values(movie))
 
 
 class ExampleEncoder:
-    """Serialized rating examples that parse to exactly `rating_example(...)`, several
-    times faster than building the protobuf for every rating.
-
-    A serialized tf.train.Features is the concatenation of its map entries, so each movie's
-    and each user's entries are serialized once (with protobuf) and reused; per rating the
-    three entries of its own (user id, timestamp, rating) are written in protobuf's wire
-    format, and the Example's one field (features) around them all. The test
-    tests/test_example_gen.py checks the parsed examples equal the protobuf-built ones."""
-
-    _USER_ID, _TIMESTAMP, _RATING = (k.encode() for k in (F.USER_ID, F.TIMESTAMP, F.RATING))
+    """Serialized rating examples (query + movie + label, F.RATING_EXAMPLE_FEATURES): each
+    movie's and each user's map entries are serialized once and reused, and per rating only
+    its own three entries (user id, timestamp, rating) are written (trainer/examples.py)."""
 
     def __init__(self, movies: dict, users: dict):
         self._movies, self._users = movies, users
         self._movie_bytes: dict = {}
         self._user_bytes: dict = {}
 
-    @staticmethod
-    def _features(feature: dict) -> bytes:
-        return tf.train.Features(feature=feature).SerializeToString()
-
     def encode(self, rating: movielens.Rating) -> bytes:
         movie = self._movie_bytes.get(rating.movie_id)
         if movie is None:
-            movie = self._movie_bytes[rating.movie_id] = self._features(
-                movie_features(self._movies[rating.movie_id]))
+            movie = self._movie_bytes[rating.movie_id] = ex.entries(
+                movie_values(self._movies[rating.movie_id]))
         user = self._user_bytes.get(rating.user_id)
         if user is None:
-            user = self._user_bytes[rating.user_id] = (
-                _entry(self._USER_ID, _field(0x0A, _field(0x0A, rating.user_id.encode())))
-                + self._features(user_features(self._users.get(rating.user_id))))
-        body = b"".join((
-            user,
-            # Feature.int64_list (field 3) holding Int64List.value, packed (field 1)
-            _entry(self._TIMESTAMP, _field(0x1A, _field(0x0A, _varint(rating.timestamp)))),
-            # Feature.float_list (field 2) holding FloatList.value, packed (field 1)
-            _entry(self._RATING, _field(0x12, _field(0x0A, _FLOAT.pack(rating.rating)))),
-            movie))
-        return _field(0x0A, body)  # Example.features (field 1)
-
-
-def rating_example(rating: movielens.Rating, movie: movielens.Movie,
-                   user: movielens.User | None) -> tf.train.Example:
-    feature = {
-        F.USER_ID: _bytes(rating.user_id),
-        F.TIMESTAMP: _int(rating.timestamp),
-        F.RATING: _float(rating.rating),
-        **movie_features(movie),
-        **user_features(user),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature))
-
-
-def catalog_example(movie: movielens.Movie) -> tf.train.Example:
-    return tf.train.Example(features=tf.train.Features(feature=movie_features(movie)))
-
-
-def join(rating: movielens.Rating, movies: dict, users: dict, files: dict) -> tf.train.Example:
-    """The rating's example, with its movie and (where the layout has users) its user.
-
-    A movie missing from the catalog, or a user missing from the user file, raises
-    DataError naming the ratings file (files["ratings"]) and the rating's line."""
-    movielens.check_references(rating, movies, users, files)
-    return rating_example(rating, movies[rating.movie_id], users.get(rating.user_id))
+            user = self._user_bytes[rating.user_id] = ex.entries(
+                {F.USER_ID: rating.user_id, **user_values(self._users.get(rating.user_id))})
+        return ex.example(user, ex.entry(F.TIMESTAMP, rating.timestamp),
+                          ex.entry(F.RATING, rating.rating), movie)
 
 
 def rating_examples(data_dir: str, layout: str | None = None, file_name: str | None = None):
-    """Every rating of a MovieLens directory as a joined tf.Example, streamed."""
+    """Every rating of a MovieLens directory as a serialized, joined tf.Example, streamed.
+
+    A movie missing from the catalog, or a user missing from the user file, raises
+    DataError naming the ratings file and the rating's line."""
     layout = layout or movielens.detect_layout(data_dir)
     movies = movielens.read_movies(data_dir, layout)
     users = movielens.read_users(data_dir, layout)
     files = movielens.layout_files(layout)
     if file_name:
         files = {**files, "ratings": file_name}
+    encoder = ExampleEncoder(movies, users)
     for rating in movielens.iter_ratings(data_dir, layout, file_name):
-        yield join(rating, movies, users, files)
+        movielens.check_references(rating, movies, users, files)
+        yield encoder.encode(rating)
 
 
 def random_bucket(rating: movielens.Rating, seed: int) -> float:
     """A deterministic uniform [0, 1) number per rating: the seeded random split."""
     key = f"{seed}|{rating.user_id}|{rating.movie_id}|{rating.timestamp}".encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 2.0**64
+
+
+def split_of(rating: movielens.Rating, fixed_split: str | None, protocol: str, seed: int,
+             eval_fraction: float, cutoff: int) -> str:
+    """The split (F.TRAIN_SPLIT or F.EVAL_SPLIT) a rating goes to: its file's (a fold's
+    .base / .test), else by the protocol: from the time cutoff on (time), or a seeded
+    share (random)."""
+    if fixed_split:
+        return fixed_split
+    if protocol == splits.TIME:
+        return EVAL if rating.timestamp >= cutoff else TRAIN
+    return EVAL if random_bucket(rating, seed) < eval_fraction else TRAIN
 
 
 def time_cutoff(data_dir: str, layout: str, eval_fraction: float) -> int:
@@ -179,19 +121,6 @@ def time_cutoff(data_dir: str, layout: str, eval_fraction: float) -> int:
     return int(stamps[min(len(stamps) - 1, int(len(stamps) * (1.0 - eval_fraction)))])
 
 
-def ratings_sources(split: str) -> list:
-    """(ratings file name or None for the layout's own, split it goes to or None) pairs.
-
-    'random' and 'time' split the layout's ratings file; 'fold:NAME' reads a predefined
-    split, NAME.base for train and NAME.test for eval (ml-100k's u1 ... u5, ua, ub)."""
-    if split in ("random", "time"):
-        return [(None, None)]
-    if split.startswith("fold:") and split[5:]:
-        name = split[5:]
-        return [(f"{name}.base", TRAIN), (f"{name}.test", EVAL)]
-    raise ValueError(f"split must be 'random', 'time' or 'fold:NAME', not {split!r}")
-
-
 class _JoinAndSplit(beam.DoFn):
     """Rating -> serialized example, joined with its movie and user, tagged with its
     split."""
@@ -200,7 +129,7 @@ class _JoinAndSplit(beam.DoFn):
         self._args = (data_dir, layout)
         self._split, self._seed = split, seed
         self._eval_fraction, self._cutoff = eval_fraction, cutoff
-        self._counters = {s: beam.metrics.Metrics.counter(_NAMESPACE, s) for s in SPLITS}
+        self._counters = {s: beam.metrics.Metrics.counter(_NAMESPACE, s) for s in F.SPLITS}
 
     def setup(self):
         self._movies = movielens.read_movies(*self._args)
@@ -212,12 +141,8 @@ class _JoinAndSplit(beam.DoFn):
         (file_name, fixed_split), rating = item
         files = {**self._files, "ratings": file_name} if file_name else self._files
         movielens.check_references(rating, self._movies, self._users, files)
-        if fixed_split:
-            split = fixed_split
-        elif self._split == "time":
-            split = EVAL if rating.timestamp >= self._cutoff else TRAIN
-        else:
-            split = EVAL if random_bucket(rating, self._seed) < self._eval_fraction else TRAIN
+        split = split_of(rating, fixed_split, self._split, self._seed, self._eval_fraction,
+                         self._cutoff)
         self._counters[split].inc()
         yield beam.pvalue.TaggedOutput(split, self._encoder.encode(rating))
 
@@ -236,10 +161,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         # Fail early, before Beam: files, catalog, users and the ratings' first lines.
         movielens.preflight(data_dir, layout, [file_name for file_name, _ in sources])
         movies = movielens.read_movies(data_dir, layout)
-        cutoff = time_cutoff(data_dir, layout, eval_fraction) if split == "time" else 0
+        cutoff = time_cutoff(data_dir, layout, eval_fraction) if split == splits.TIME else 0
 
         examples = artifact_utils.get_single_instance(output_dict["examples"])
-        examples.split_names = artifact_utils.encode_split_names(list(SPLITS))
+        examples.split_names = artifact_utils.encode_split_names(list(F.SPLITS))
         examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
         examples_utils.set_file_format(examples, "tfrecords_gzip")
         pipeline = self._make_beam_pipeline()
@@ -258,14 +183,14 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                  file_name_suffix=".gz"))
         (pipeline
          | "Catalog" >> beam.Create(sorted(movies.values(), key=lambda m: m.movie_id))
-         | "CatalogExample" >> beam.Map(lambda m: catalog_example(m).SerializeToString())
+         | "CatalogExample" >> beam.Map(catalog_example)
          | "WriteCatalog" >> beam.io.WriteToTFRecord(
              os.path.join(examples.uri, f"Split-{CATALOG}", "data_tfrecord"),
              file_name_suffix=".gz"))
         result = pipeline.run()
         result.wait_until_finish()
 
-        counts = {s: 0 for s in SPLITS}
+        counts = {s: 0 for s in F.SPLITS}
         for counter in result.metrics().query(
                 beam.metrics.MetricsFilter().with_namespace(_NAMESPACE))["counters"]:
             counts[counter.key.metric.name] += counter.committed or counter.attempted

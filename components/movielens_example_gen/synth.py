@@ -505,7 +505,7 @@ def write_dataset(directory, users: int, movies: int, ratings: int, seed: int = 
 # ------------------------------------------------------------------------ `movierec synth`
 def _count(name: str, text) -> int:
     """A positive count from e.g. '5000', '100k', '10M', '1_000_000'."""
-    from pipeline.cli import UserError
+    from pipeline.errors import UserError
 
     if text is None:
         raise UserError(f"synth needs --{name}")
@@ -523,7 +523,7 @@ def _count(name: str, text) -> int:
 
 
 def cmd_synth(args) -> int:
-    from pipeline.cli import UserError
+    from pipeline.errors import UserError
 
     users, movies, ratings = (_count(n, getattr(args, n)) for n in ("users", "movies",
                                                                      "ratings"))

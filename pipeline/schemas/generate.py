@@ -24,7 +24,7 @@ ML100K_OCCUPATIONS = (
     "other", "programmer", "retired", "salesman", "scientist", "student", "technician",
     "writer")
 ML1M_GENRES = tuple(g for g in movielens.ML100K_GENRES if g != "unknown")
-ML1M_AGES = (1, 18, 25, 35, 45, 50, 56)  # ml-1m stores age groups
+ML1M_AGES = F.AGE_BOUNDARIES  # ml-1m stores age groups: the ones the model buckets by
 
 
 def _layout_domains(layout: str) -> dict:
