@@ -138,7 +138,8 @@ def plain_script(data_dir: str, out_dir: str, run_args: list) -> dict:
     transform_dir = str(out / "transform")
     preprocessing_fn = functools.partial(
         preprocessing.preprocessing_fn,
-        custom_config={F.TIMESTAMP_BUCKETS_CONFIG: config.timestamp_buckets})
+        custom_config={F.TIMESTAMP_BUCKETS_CONFIG: config.timestamp_buckets}
+        if config.timestamp_buckets is not None else {})
     with beam.Pipeline() as pipeline:
         with tft_beam.Context(temp_dir=str(out / "tft_tmp"), force_tf_compat_v1=False):
             raw = pipeline | "Read" >> source.BeamSource()

@@ -34,9 +34,10 @@ class PipelineConfig:
     eval_fraction: float = 0.2
     # Trainer hyperparameters overriding trainer.model.HParams' defaults.
     hparams: Mapping = dataclasses.field(default_factory=dict)
-    # Transform's timestamp buckets (quantiles of the training ratings' times); the Trainer
-    # sizes its embedding from the transformed schema.
-    timestamp_buckets: int = 1000
+    # Transform's timestamp buckets (quantiles of the training ratings' times; None: its
+    # default, trainer.features.DEFAULT_TIMESTAMP_BUCKETS); the Trainer sizes its
+    # embedding from the transformed schema.
+    timestamp_buckets: int | None = None
     # Blessing: RMSE must stay under this bound and must not get worse than the latest
     # blessed model's by more than rmse_tolerance.
     rmse_upper_bound: float = 1.07
@@ -242,7 +243,7 @@ def from_options(options: Mapping[str, Any]) -> PipelineConfig:
     for name in ("beam_workers", "tune_trials"):
         if values.get(name, 0) < 0:
             raise UserError(f"{name} must be 0 or more, got {values[name]}")
-    if "timestamp_buckets" in values and values["timestamp_buckets"] < 2:
+    if values.get("timestamp_buckets") is not None and values["timestamp_buckets"] < 2:
         raise UserError(f"timestamp_buckets must be at least 2, got "
                         f"{values['timestamp_buckets']}")
     if "rmse_upper_bound" in values and not values["rmse_upper_bound"] > 0:

@@ -87,7 +87,8 @@ def create_pipeline(config: configs.PipelineConfig) -> Pipeline:
         splits_config=transform_pb2.SplitsConfig(analyze=[F.TRAIN_SPLIT]),
         materialize=False, disable_statistics=True,
         custom_config={
-            F.TIMESTAMP_BUCKETS_CONFIG: config.timestamp_buckets,
+            **({F.TIMESTAMP_BUCKETS_CONFIG: config.timestamp_buckets}
+               if config.timestamp_buckets is not None else {}),
             "code": configs.code_fingerprint(*configs.TRANSFORM_CODE)})
 
     # Optionally, a hyperparameter search on a validation split carved out of train.
