@@ -238,23 +238,76 @@ def _iso(millis: int) -> str:
         "%Y-%m-%dT%H:%M:%SZ")
 
 
+# Recorded by annotate_run on an execution before it updates it (the update moves MLMD's
+# last_update_time, which would lengthen the execution by the rest of the run): when the
+# execution was published, in ms since the epoch.
+END_PROPERTY = "end_time_since_epoch"
+_INTERRUPTED = "interrupted"
+
+
+def output_event_times(store, executions) -> dict:
+    """execution id -> the latest time (ms) an OUTPUT event of it was recorded: when TFX
+    published the execution with its outputs (executed or cached), whatever was written
+    to the execution later."""
+    out = {}
+    ids = [e.id for e in executions]
+    if not ids:
+        return out
+    for event in store.get_events_by_execution_ids(ids):
+        if event.type == metadata_store_pb2.Event.OUTPUT and event.milliseconds_since_epoch:
+            out[event.execution_id] = max(out.get(event.execution_id, 0),
+                                          event.milliseconds_since_epoch)
+    return out
+
+
+def execution_end(execution, output_time: int | None = None) -> int | None:
+    """When an execution itself ended (ms since the epoch), not when MLMD last wrote it:
+    the end recorded before movierec's own annotations (END_PROPERTY), else the time of
+    its OUTPUT events (stores annotated before END_PROPERTY existed), else
+    last_update_time (runs nothing wrote to afterwards: other orchestrators, failed
+    executions). None for an execution of a killed run (close_interrupted): when it
+    stopped is unknown."""
+    if _INTERRUPTED in execution.custom_properties:
+        return None
+    if END_PROPERTY in execution.custom_properties:
+        recorded = execution.custom_properties[END_PROPERTY]
+        if recorded.WhichOneof("value") == "int_value":
+            return recorded.int_value
+    end = execution.last_update_time_since_epoch
+    if output_time and execution.create_time_since_epoch <= output_time < end:
+        end = output_time
+    return end
+
+
+def execution_seconds(execution, output_time: int | None = None) -> float | None:
+    """An execution's own duration in seconds (see execution_end); None when unknown.
+    `inspect runs`, the run summary and anything else showing per-component seconds use
+    this one figure."""
+    end = execution_end(execution, output_time)
+    if end is None:
+        return None
+    return round(max(end - execution.create_time_since_epoch, 0) / 1000, 3)
+
+
 def run_summary(store, context, index: _Index | None = None) -> dict:
     """One pipeline run: start/end, wall time, and each component's state (executed,
-    cached, failed, ...) with its own duration, in execution order."""
+    cached, failed, ...) with its own duration (execution_seconds), in execution order."""
     index = index or _Index(store)
     executions = sorted(store.get_executions_by_context(context.id), key=lambda e: e.id)
+    published = output_event_times(store, executions)
     components = [{
         "component": index.component(e.id),
         "state": _STATE_NAMES.get(e.last_known_state, "unknown"),
-        "seconds": round((e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000,
-                         3),
+        "seconds": execution_seconds(e, published.get(e.id)),
         "execution_id": e.id,
     } for e in executions]
     states = {c["state"] for c in components}
     annotations = properties(context)
     start = min((e.create_time_since_epoch for e in executions),
                 default=context.create_time_since_epoch)
-    end = max((e.last_update_time_since_epoch for e in executions), default=start)
+    ends = [execution_end(e, published.get(e.id)) for e in executions]
+    end = max((e if e is not None else x.create_time_since_epoch
+               for e, x in zip(ends, executions)), default=start)
     return {
         "run_id": context.name,
         "start": _iso(start), "end": _iso(end),
@@ -391,10 +444,24 @@ def annotate_run(path: str, values: dict, beam_components=(), beam_args=None,
         index = _Index(store)
         executions = [e for e in store.get_executions_by_context(context.id)
                       if index.component(e.id) in beam_components]
+        published = output_event_times(store, executions)
         for execution in executions:
+            _keep_end(execution, published.get(execution.id))
             _set(execution.custom_properties["beam_pipeline_args"], json.dumps(beam_args))
         if executions:
             store.put_executions(executions)
+
+
+def _keep_end(execution, output_time: int | None = None) -> None:
+    """Records when an execution ended (END_PROPERTY) before it is updated, as the update
+    moves its last_update_time; an end recorded earlier is kept, and an execution still
+    open (a run stopped inside it) gets none: close_interrupted closes it later."""
+    open_states = (metadata_store_pb2.Execution.RUNNING, metadata_store_pb2.Execution.NEW)
+    if (END_PROPERTY not in execution.custom_properties
+            and execution.last_known_state not in open_states):
+        end = execution_end(execution, output_time)
+        if end is not None:
+            execution.custom_properties[END_PROPERTY].int_value = end
 
 
 def _set(value, plain) -> None:
@@ -420,7 +487,7 @@ def close_interrupted(path: str) -> int:
         return 0
     for execution in stale:
         execution.last_known_state = metadata_store_pb2.Execution.CANCELED
-        execution.custom_properties["interrupted"].string_value = (
+        execution.custom_properties[_INTERRUPTED].string_value = (
             "the run was killed before this execution finished")
     store.put_executions(stale)
     outputs = [e.artifact_id for e in store.get_events_by_execution_ids([e.id for e in stale])
