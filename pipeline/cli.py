@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -105,29 +103,6 @@ def _run_logging(log_path: str, progress: _Progress):
         file_handler.close()
 
 
-@contextlib.contextmanager
-def _output_lock(output_dir: str):
-    """Only one run at a time may write an output directory (and its metadata store)."""
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        handle = open(os.path.join(output_dir, ".movierec.lock"), "w")
-    except OSError as e:
-        raise UserError(f"cannot write output directory {output_dir}: {e.strerror}") from e
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        handle.close()
-        if e.errno in (errno.EAGAIN, errno.EACCES):
-            raise UserError(f"another movierec run is using {output_dir}; wait for it or "
-                            f"choose another --output-dir") from e
-        raise
-    try:
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
-
-
 def _resolve_data_dir(args) -> str:
     """--data-dir as given (configs.from_options checks it), else --dataset fetched into
     the cache."""
@@ -173,7 +148,9 @@ def cmd_run(args) -> int:
     # (the whole files are checked again as ExampleGen streams them).
     movielens.preflight(config.data_dir, config.layout,
                         [name for name, _ in ratings_sources(config.split)])
-    with _output_lock(output_dir):
+    from pipeline import output_lock
+
+    with output_lock.held(output_dir):
         from pipeline import local_runner, metadata
 
         log_path = os.path.join(output_dir, "logs",

@@ -5,20 +5,28 @@ MovieLens-shaped data, and `airflow dags test` in a subprocess."""
 
 import contextlib
 import datetime
+import io
 import json
 import os
 import pathlib
+import re
+import shutil
 import sqlite3
 import subprocess
 import sys
+import time
+import types
 
 import pytest
 
-from pipeline import airflow_dag
+import pipeline
+from pipeline import airflow_dag, cli, output_lock
+from pipeline.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHIM = "from pipeline.airflow_dag import DAG\n"
-RUN_DATE, NEXT_DATE = "2025-01-02", "2025-01-03"
+RUN_DATE, NEXT_DATE, FAILING_DATE = "2025-01-02", "2025-01-03", "2025-01-04"
+LOCK_TASKS = {airflow_dag.LOCK_TASK, airflow_dag.UNLOCK_TASK}
 FAST = {"MOVIEREC_HPARAMS": json.dumps({"epochs": 3, "batch_size": 256}),
         "MOVIEREC_RMSE_UPPER_BOUND": "2.0"}
 
@@ -53,11 +61,45 @@ def test_pipeline_config_defaults(ml100k_dir, tmp_path):
     from pipeline import configs
 
     config = airflow_dag.pipeline_config_from_env(
-        _settings(ml100k_dir, tmp_path, MOVIEREC_HPARAMS="", MOVIEREC_RMSE_UPPER_BOUND=" "))
+        _settings(ml100k_dir, tmp_path, MOVIEREC_HPARAMS="", MOVIEREC_RMSE_UPPER_BOUND=" ",
+                  **{variable: "" for variable, _ in airflow_dag.SETTINGS
+                     if variable not in ("MOVIEREC_HPARAMS", "MOVIEREC_RMSE_UPPER_BOUND")}))
     defaults = configs.PipelineConfig("", "")
     assert config.hparams == {}
     assert config.rmse_upper_bound == defaults.rmse_upper_bound
     assert (config.split, config.seed) == (defaults.split, defaults.seed)
+    for field in ("timestamp_buckets", "beam_pipeline_args", "beam_workers", "warm_start",
+                  "enable_cache", "tune_trials"):
+        assert getattr(config, field) == getattr(defaults, field), field
+
+
+def test_every_setting_of_a_scheduled_run(ml100k_dir, tmp_path):
+    config = airflow_dag.pipeline_config_from_env(_settings(
+        ml100k_dir, tmp_path, MOVIEREC_SPLIT="time", MOVIEREC_SEED="7",
+        MOVIEREC_HPARAMS='{"epochs": "3", "dropout": 0.1, "logq_correction": "no"}',
+        MOVIEREC_BATCH_SIZE="128", MOVIEREC_LEARNING_RATE="0.01",
+        MOVIEREC_EMBEDDING_DIM="16", MOVIEREC_OPTIMIZER="sgd", MOVIEREC_INDEX="brute_force",
+        MOVIEREC_TIMESTAMP_BUCKETS="64", MOVIEREC_RMSE_UPPER_BOUND="1.2",
+        MOVIEREC_BEAM_PIPELINE_ARGS=" --direct_num_workers=1  --runner=DirectRunner ",
+        MOVIEREC_BEAM_WORKERS="3", MOVIEREC_WARM_START="true", MOVIEREC_ENABLE_CACHE="0"))
+    assert (config.split, config.seed) == ("time", 7)
+    assert config.hparams == {"epochs": 3, "dropout": 0.1, "logq_correction": False,
+                              "batch_size": 128, "learning_rate": 0.01,
+                              "embedding_dim": 16, "optimizer": "sgd",
+                              "index": "brute_force"}
+    assert (config.timestamp_buckets, config.rmse_upper_bound) == (64, 1.2)
+    assert config.beam_pipeline_args == ("--direct_num_workers=1", "--runner=DirectRunner")
+    assert (config.beam_workers, config.warm_start, config.enable_cache) == (3, True, False)
+
+
+def test_every_variable_is_documented():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Scheduling with Airflow"):]
+    section = section[:section.index("\n## ", 3)]
+    for variable in ["MOVIEREC_DATA_DIR", "MOVIEREC_OUTPUT_DIR", "MOVIEREC_SCHEDULE",
+                     "MOVIEREC_START_DATE", *(v for v, _ in airflow_dag.SETTINGS)]:
+        assert f"``{variable}``" in airflow_dag.__doc__, variable
+        assert f"`{variable}`" in section, variable
 
 
 @pytest.mark.parametrize("change, message", [
@@ -71,7 +113,25 @@ def test_pipeline_config_defaults(ml100k_dir, tmp_path):
     ({"MOVIEREC_HPARAMS": "[3]"}, "MOVIEREC_HPARAMS must be a JSON object"),
     ({"MOVIEREC_HPARAMS": '{"epoch": 3}'}, "MOVIEREC_HPARAMS: unknown hyperparameters: "
                                            "epoch"),
-    ({"MOVIEREC_RMSE_UPPER_BOUND": "low"}, "MOVIEREC_RMSE_UPPER_BOUND must be a number"),
+    ({"MOVIEREC_HPARAMS": '{"epochs": "3.5"}'}, "MOVIEREC_HPARAMS: hparam epochs must be "
+                                                "an integer, got '3.5'"),
+    ({"MOVIEREC_RMSE_UPPER_BOUND": "low"}, "MOVIEREC_RMSE_UPPER_BOUND: rmse_upper_bound "
+                                           "must be a number, got 'low'"),
+    ({"MOVIEREC_SPLIT": "fold"}, "MOVIEREC_SPLIT: split must be"),
+    ({"MOVIEREC_SEED": "x"}, "MOVIEREC_SEED: seed must be an integer, got 'x'"),
+    ({"MOVIEREC_EPOCHS": "0.5"}, "MOVIEREC_EPOCHS: hparam epochs must be an integer"),
+    ({"MOVIEREC_INDEX": "annoy"}, "MOVIEREC_INDEX: index must be 'brute_force' or "
+                                  "'scann'"),
+    ({"MOVIEREC_TIMESTAMP_BUCKETS": "0"}, "MOVIEREC_TIMESTAMP_BUCKETS: timestamp_buckets "
+                                          "must be at least 2"),
+    ({"MOVIEREC_BEAM_WORKERS": "-1"}, "MOVIEREC_BEAM_WORKERS: beam_workers must be 0 or "
+                                      "more"),
+    ({"MOVIEREC_WARM_START": "maybe"}, "MOVIEREC_WARM_START: warm_start must be true or "
+                                       "false, got 'maybe'"),
+    ({"MOVIEREC_ENABLE_CACHE": "2"}, "MOVIEREC_ENABLE_CACHE: enable_cache must be true or "
+                                     "false, got '2'"),
+    ({"MOVIEREC_SPLIT": "bogus", "MOVIEREC_DATA_DIR": "/nonexistent/x"},
+     "MOVIEREC_SPLIT: split must be"),  # the variable the message is about
 ])
 def test_bad_settings_fail_naming_the_variable(ml100k_dir, tmp_path, change, message):
     environ = _settings(ml100k_dir, tmp_path, **FAST)
@@ -144,18 +204,88 @@ def _airflow_env(home, dags, data_dir, output_dir):
     return env
 
 
-def _dags_test(run, date):
+def _dags_test(run, date, env=None, while_running=None):
     """`airflow dags test movierec DATE` (one DAG run, tasks in-process); its exit code.
-    The output goes to a log file in the run's directory."""
+    The output goes to a log file in the run's directory; `while_running(process)` is
+    called as soon as it has started."""
     log = run["root"] / f"dags-test-{date}.log"
     with open(log, "w") as out:
-        rc = subprocess.run(
+        process = subprocess.Popen(
             [sys.executable, "-m", "airflow", "dags", "test", airflow_dag.DAG_ID, date],
-            env=run["env"], cwd=run["root"], stdout=out, stderr=subprocess.STDOUT,
-            timeout=1800).returncode
+            env=env or run["env"], cwd=run["root"], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            if while_running:
+                while_running(process)
+            rc = process.wait(timeout=1800)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     run["logs"][date] = log
     return rc
 
+
+class _Started(BaseException):
+    """`movierec run` got past its lock: the stand-in for local_runner.run was called."""
+
+
+@contextlib.contextmanager
+def _no_pipeline():
+    """`movierec run` in this process, but its local_runner.run raises _Started."""
+    def run(config):
+        raise _Started(config)
+
+    fake = types.ModuleType("pipeline.local_runner")
+    fake.run = run
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "pipeline.local_runner", fake)
+        patch.setattr(pipeline, "local_runner", fake, raising=False)
+        yield
+
+
+def _movierec_run(data_dir, output_dir):
+    """(exit status, stderr) of `movierec run` on OUT; 'started' if it got past its lock
+    (the pipeline itself is not run)."""
+    err = io.StringIO()
+    with _no_pipeline(), contextlib.redirect_stderr(err), \
+            contextlib.redirect_stdout(io.StringIO()):
+        try:
+            rc = cli.main(["run", "--data-dir", str(data_dir), "--output-dir",
+                           str(output_dir)])
+        except _Started:
+            rc = "started"
+    return rc, err.getvalue().strip()
+
+
+def _lock_is_free(output_dir) -> bool:
+    """What `movierec run` checks: nobody holds OUT/.movierec.lock."""
+    try:
+        with output_lock.held(str(output_dir)):
+            return True
+    except UserError:
+        return False
+
+
+def _while_locked(run, data_dir):
+    """While the DAG run runs: wait for its lease, then try `movierec run` on its OUT."""
+    def check(process):
+        deadline = time.monotonic() + 600
+        while (lease := airflow_dag.read_lease(str(run["output"]))) is None:
+            if process.poll() is not None or time.monotonic() > deadline:
+                return
+            time.sleep(0.5)
+        run["lease"] = lease
+        run["cli_during_run"] = _movierec_run(data_dir, run["output"])
+        run["running_after_cli"] = process.poll() is None
+        run["lease_after_cli"] = airflow_dag.read_lease(str(run["output"]))
+    return check
+
+
+def _stop_holders(*output_dirs):
+    for output_dir in output_dirs:
+        lease = airflow_dag.read_lease(str(output_dir))
+        if lease and airflow_dag.holder_alive(lease):
+            airflow_dag._stop_holder(str(output_dir), lease)
 
 def _task_states(run, date):
     """(DAG run state, {task id: task instance state}) of the run of `date`, read from
@@ -200,8 +330,12 @@ def airflow_run(tmp_path_factory, ml100k_dir):
            "env": _airflow_env(home, dags, ml100k_dir, output_dir)}
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=run["env"],
                    cwd=root, check=True, capture_output=True)
-    run["rc"] = _dags_test(run, RUN_DATE)
-    return run
+    try:
+        run["rc"] = _dags_test(run, RUN_DATE, while_running=_while_locked(run, ml100k_dir))
+        yield run
+    finally:
+        _stop_holders(output_dir, *(root / name for name in (
+            "failing-output", "holder-output", "stale-output")))
 
 
 def test_airflow_dags_test_succeeds(airflow_run):
@@ -219,7 +353,7 @@ def test_every_pipeline_component_ran_as_a_successful_task(airflow_run):
     components = {c.id for c in create_pipeline(config).components}
     assert {"MovieLensExampleGen", "StatisticsGen", "ExampleValidator", "Transform",
             "Trainer", "Evaluator", "RetrievalEvaluator", "Pusher"} <= components
-    assert set(states) == components
+    assert set(states) == components | LOCK_TASKS
 
 
 def test_a_model_was_pushed(airflow_run):
@@ -242,3 +376,155 @@ def test_the_next_scheduled_run_reuses_the_cache(airflow_run):
     assert dag_run_state == "success" and set(states.values()) == {"success"}, states
     assert _execution_dirs(airflow_run) == executions  # no component executed again
     assert _versions(airflow_run) == versions
+
+
+# ------------------------------------------------------------ the output-directory lock
+def test_movierec_run_refuses_while_the_dag_runs(airflow_run):
+    """While `airflow dags test` was running the pipeline, `movierec run` on the same
+    output directory refused with its usual message and wrote nothing."""
+    assert "lease" in airflow_run, ("no lease appeared during the DAG run",
+                                    _log_tail(airflow_run))
+    lease = airflow_run["lease"]
+    assert lease["dag_id"] == airflow_dag.DAG_ID and RUN_DATE in lease["run_id"]
+    rc, err = airflow_run["cli_during_run"]
+    assert airflow_run["running_after_cli"], "the DAG run ended before the check"
+    assert (rc, err) == (2, f"movierec: error: another movierec run is using "
+                            f"{airflow_run['output']}; wait for it or choose another "
+                            f"--output-dir")
+    assert airflow_run["lease_after_cli"] == lease  # the DAG run kept its lock
+    assert not list(airflow_run["output"].glob("logs/run-*.log"))
+
+
+def test_the_lock_is_free_after_the_dag_run(airflow_run):
+    assert airflow_run["rc"] == 0, _log_tail(airflow_run)
+    _, states = _task_states(airflow_run, RUN_DATE)
+    assert states[airflow_dag.UNLOCK_TASK] == "success"
+    assert airflow_dag.read_lease(str(airflow_run["output"])) is None
+    assert airflow_dag.holder_alive(airflow_run["lease"]) is False
+    assert _lock_is_free(airflow_run["output"])
+
+
+def test_a_failing_task_releases_the_lock(airflow_run, ml100k_dir):
+    """Data that parses (the layout is there) but fails in ExampleGen: the DAG run fails,
+    the tasks after ExampleGen do not run, and the teardown task releases the lock."""
+    data_dir = airflow_run["root"] / "bad-data"
+    output_dir = airflow_run["root"] / "failing-output"
+    shutil.copytree(ml100k_dir, data_dir)
+    lines = (data_dir / "u.data").read_text().splitlines(keepends=True)
+    user, movie, _, stamp = lines[7].split("\t")
+    lines[7] = "\t".join([user, movie, "9", stamp])
+    (data_dir / "u.data").write_text("".join(lines))
+    env = {**airflow_run["env"], "MOVIEREC_DATA_DIR": str(data_dir),
+           "MOVIEREC_OUTPUT_DIR": str(output_dir)}
+
+    rc = _dags_test(airflow_run, FAILING_DATE, env=env)
+    assert rc != 0, _log_tail(airflow_run, FAILING_DATE)
+    dag_run_state, states = _task_states(airflow_run, FAILING_DATE)
+    assert dag_run_state == "failed"
+    assert states[airflow_dag.LOCK_TASK] == "success"
+    assert states["MovieLensExampleGen"] == "failed", states
+    assert states["Trainer"] == states["Pusher"] == "upstream_failed", states
+    assert states[airflow_dag.UNLOCK_TASK] == "success", _log_tail(airflow_run,
+                                                                   FAILING_DATE)
+    assert "rating '9' outside 1..5" in airflow_run["logs"][FAILING_DATE].read_text()
+    assert airflow_dag.read_lease(str(output_dir)) is None
+    assert _lock_is_free(output_dir)
+
+
+def _set_dag_run_state(run, run_id, state):
+    with contextlib.closing(sqlite3.connect(run["db"])) as db, db:
+        db.execute("UPDATE dag_run SET state = ? WHERE dag_id = ? AND run_id = ?",
+                   (state, airflow_dag.DAG_ID, run_id))
+
+
+def _wait_until_released(output_dir, lease, seconds=90):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if airflow_dag.read_lease(str(output_dir)) is None and not airflow_dag.holder_alive(
+                lease):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def _run_id(run, date):
+    with contextlib.closing(sqlite3.connect(run["db"])) as db:
+        (run_id,) = db.execute("SELECT run_id FROM dag_run WHERE dag_id = ? AND run_id "
+                               "LIKE ?", (airflow_dag.DAG_ID, f"%{date}T%")).fetchone()
+    return run_id
+
+
+def _active_in(run):
+    """run_active for ensure_lock: the DAG run's state in the test's Airflow DB."""
+    def active(dag_id, run_id):
+        with contextlib.closing(sqlite3.connect(run["db"])) as db:
+            row = db.execute("SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?",
+                             (dag_id, run_id)).fetchone()
+        return bool(row) and row[0] in ("queued", "running")
+    return active
+
+
+def test_under_a_local_task_job_the_lock_outlives_the_task(airflow_run, ml100k_dir):
+    """As under a scheduler (Local/Celery executor): `airflow tasks run --local` runs the
+    lock task in a LocalTaskJob, which reaps the task's process group when it ends. The
+    holder outlives it, keeps `movierec run` and other DAG runs out while the DAG run is
+    running in Airflow's database, and lets go once the run is marked failed."""
+    run_id = _run_id(airflow_run, RUN_DATE)
+    output_dir = airflow_run["root"] / "holder-output"
+    env = {**airflow_run["env"], "MOVIEREC_OUTPUT_DIR": str(output_dir),
+           "AIRFLOW__SCHEDULER__SCHEDULE_AFTER_TASK_EXECUTION": "False"}
+    try:
+        _set_dag_run_state(airflow_run, run_id, "running")
+        job = subprocess.run(
+            [sys.executable, "-m", "airflow", "tasks", "run", airflow_dag.DAG_ID,
+             airflow_dag.LOCK_TASK, run_id, "--local", "--force"],
+            env=env, cwd=airflow_run["root"], capture_output=True, text=True, timeout=900)
+        assert job.returncode == 0, (job.stdout + job.stderr)[-4000:]
+        lease = airflow_dag.read_lease(str(output_dir))
+        assert lease and lease["run_id"] == run_id and lease["watch_pid"] is None, lease
+        assert airflow_dag.holder_alive(lease)
+
+        rc, err = _movierec_run(ml100k_dir, output_dir)
+        assert rc == 2 and "another movierec run is using" in err, err
+        with pytest.raises(airflow_dag.OutputBusy,
+                           match=re.escape(f"DAG run {run_id} of movierec is using")):
+            airflow_dag.ensure_lock(str(output_dir), airflow_dag.DAG_ID, "manual__other",
+                                    run_active=_active_in(airflow_run), env=env)
+
+        _set_dag_run_state(airflow_run, run_id, "failed")
+        log = output_dir / "logs" / "airflow-lock.log"
+        assert _wait_until_released(output_dir, lease), log.read_text()
+        assert "the DAG run is failed" in log.read_text()
+        assert _lock_is_free(output_dir)
+    finally:
+        _set_dag_run_state(airflow_run, run_id, "success")
+        _stop_holders(output_dir)
+
+
+def test_a_stale_lease_is_taken_over(airflow_run):
+    """A lease whose DAG run is over, before its holder has noticed: the next DAG run's
+    lock task stops that holder and takes the lock."""
+    run_id = _run_id(airflow_run, RUN_DATE)
+    output_dir = airflow_run["root"] / "stale-output"
+    output_dir.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        _set_dag_run_state(airflow_run, run_id, "running")
+        stale = airflow_dag.ensure_lock(str(output_dir), airflow_dag.DAG_ID, run_id,
+                                        env=airflow_run["env"])
+        _set_dag_run_state(airflow_run, run_id, "failed")
+        taken = airflow_dag.ensure_lock(str(output_dir), airflow_dag.DAG_ID, "manual__next",
+                                        watch_pid=sleeper.pid,
+                                        run_active=_active_in(airflow_run),
+                                        env=airflow_run["env"])
+        assert taken["run_id"] == "manual__next" and taken["pid"] != stale["pid"]
+        assert airflow_dag.holder_alive(stale) is False
+        assert not _lock_is_free(output_dir)
+        sleeper.kill()
+        assert _wait_until_released(output_dir, taken)  # the process it watched ended
+        assert _lock_is_free(output_dir)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        _set_dag_run_state(airflow_run, run_id, "success")
+        _stop_holders(output_dir)

@@ -8,7 +8,6 @@ One pipeline run on tiny data plus one cached re-run, shared by the module."""
 
 import contextlib
 import datetime
-import html.parser
 import io
 import json
 import pathlib
@@ -20,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline import cli
+from test_report import Page  # the report page parser
 
 FAST = ["--epochs", "3", "--batch-size", "256", "--rmse-upper-bound", "2.0"]
 BEAM_ARGS = "--direct_num_workers=1 --direct_running_mode=in_memory"
@@ -53,44 +53,6 @@ def iso_seconds(text: str) -> float:
     shape = "%Y-%m-%d %H:%M:%S UTC" if text.endswith(" UTC") else "%Y-%m-%dT%H:%M:%SZ"
     return datetime.datetime.strptime(text, shape).replace(
         tzinfo=datetime.timezone.utc).timestamp()
-
-
-class Tables(html.parser.HTMLParser):
-    """The tables of an HTML page, each a list of rows of cell text."""
-
-    def __init__(self, text: str):
-        super().__init__(convert_charrefs=True)
-        self.tables, self._cell = [], None
-        self.feed(text)
-        self.close()
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "table":
-            self.tables.append([])
-        elif tag == "tr":
-            self.tables[-1].append([])
-        elif tag in ("td", "th"):
-            self._cell = []
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th") and self._cell is not None:
-            self.tables[-1][-1].append(" ".join("".join(self._cell).split()))
-            self._cell = None
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell.append(data)
-
-    def rows(self, first_header: str) -> list:
-        """The rows (dicts by header) of the table whose first header cell is given."""
-        for rows in self.tables:
-            if rows and rows[0] and rows[0][0] == first_header:
-                return [dict(zip(rows[0], row)) for row in rows[1:]]
-        raise AssertionError(f"no table headed {first_header!r}")
-
-    def pairs(self, first_header: str) -> dict:
-        """A two-column table as {first cell: second cell}."""
-        return dict(list(row.values())[:2] for row in self.rows(first_header))
 
 
 # ------------------------------------------------------------------------------ fixtures
@@ -169,7 +131,7 @@ def page(runs):
     out, _ = runs
     path = out / "report.html"
     assert cli.main(["report", "--output-dir", str(out), "--output", str(path)]) == 0
-    return Tables(path.read_text(encoding="utf-8"))
+    return Page(path.read_text(encoding="utf-8"))
 
 
 # --------------------------------------------------------------------------------- tests
@@ -223,7 +185,7 @@ def test_example_counts_match_the_examples_files(runs, examples, page, capsys):
     # the report: examples per split (StatisticsGen), eval examples per run (TFMA), the
     # Trainer's examples
     assert page.pairs("split") == {s: str(counts[s]) for s in ("train", "eval")}
-    assert [r["eval examples"] for r in page.rows("#")] == [str(counts["eval"])] * 2
+    assert [r["eval examples"] for r in page.table("#")] == [str(counts["eval"])] * 2
     training = page.pairs("training run")
     assert (int(training["train_examples"]) + int(training.get("validation_examples", 0))
             == counts["train"])
@@ -251,7 +213,7 @@ def test_metrics_match_numpy_on_the_pushed_model(runs, recomputed, page, capsys)
         assert entry["delta"] == pytest.approx(0.0, abs=1e-9)
 
     # the report, to its 4 decimals
-    rows = page.rows("#")
+    rows = page.table("#")
     assert [r["run"] for r in rows] == [s["run_id"] for s in summaries]
     for row, summary, run in zip(rows, summaries, made):
         for key in ("rmse", "mae", "top_10_accuracy", "top_100_accuracy"):
