@@ -194,7 +194,6 @@ def pipeline_config_from_env(environ: Mapping[str, str]):
     """The PipelineConfig that the MOVIEREC_* variables of `environ` describe, built by
     configs.from_options; ConfigError ('MOVIEREC_X: <from_options' message>') if one is
     bad."""
-    from components.movielens_example_gen import movielens
     from pipeline import configs
 
     base = {"data_dir": _absolute_dir(environ, "MOVIEREC_DATA_DIR"),
@@ -205,16 +204,9 @@ def pipeline_config_from_env(environ: Mapping[str, str]):
         if text:
             given[variable] = (option, _hparams_json(text) if option == "hparams" else text)
     try:
-        config = configs.from_options({**base, **dict(given.values())})
+        return configs.from_options({**base, **dict(given.values())}, local_data=True)
     except UserError as e:
         raise _config_error(e, base, given) from e
-    # The tasks read the data here, and the layout is detected from its files: a path
-    # that from_options would take for a cluster's (Kubeflow) is not enough.
-    try:
-        movielens.detect_layout(config.data_dir)
-    except movielens.DataError as e:
-        raise ConfigError(f"MOVIEREC_DATA_DIR: {e}") from e
-    return config
 
 
 def _config_error(error: UserError, base: dict, given: dict) -> ConfigError:
@@ -226,7 +218,7 @@ def _config_error(error: UserError, base: dict, given: dict) -> ConfigError:
 
     def fails_alike(options: dict) -> bool:
         try:
-            configs.from_options({**base, **options})
+            configs.from_options({**base, **options}, local_data=True)
         except UserError as e:
             return str(e).splitlines()[0] == message
         return False

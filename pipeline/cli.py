@@ -142,7 +142,7 @@ def cmd_run(args) -> int:
         configs.from_options({**options, "data_dir": args.dataset})
     data_dir = _resolve_data_dir(args)
     config = configs.from_options({**options, "data_dir": data_dir,
-                                   "output_dir": args.output_dir})
+                                   "output_dir": args.output_dir}, local_data=True)
     output_dir = config.output_dir
     # Bad input fails here with one line and exit 2, before TFX starts or OUT is touched
     # (the whole files are checked again as ExampleGen streams them).

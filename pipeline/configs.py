@@ -195,7 +195,7 @@ def _beam_args(value) -> tuple:
     return tuple(str(v) for v in value or ())
 
 
-def from_options(options: Mapping[str, Any]) -> PipelineConfig:
+def from_options(options: Mapping[str, Any], local_data: bool = False) -> PipelineConfig:
     """The PipelineConfig of a front end's options; raises UserError (one line) on any bad
     or unknown option.
 
@@ -205,7 +205,8 @@ def from_options(options: Mapping[str, Any]) -> PipelineConfig:
     `beam_pipeline_args` a space-separated string or a list. Paths are made absolute;
     the layout is detected from data_dir's files when data_dir is a local directory
     (and must match `layout` when both are given), else taken from `layout` or from the
-    directory's name (a cluster path such as /gcs/bucket/ml-100k)."""
+    directory's name (a cluster path such as /gcs/bucket/ml-100k). `local_data`: data_dir
+    must be a directory here (a local run), not a path as another machine sees it."""
     from components.movielens_example_gen import movielens, splits
 
     given = {k: v for k, v in options.items() if v is not None}
@@ -254,6 +255,8 @@ def from_options(options: Mapping[str, Any]) -> PipelineConfig:
                         f"{values['eval_fraction']}")
     values["output_dir"] = os.path.abspath(os.path.expanduser(values["output_dir"]))
     data_dir = os.path.expanduser(values["data_dir"].rstrip("/") or "/")
+    if local_data and not os.path.isdir(data_dir):
+        raise UserError(f"data directory does not exist: {data_dir}")
     values["layout"] = _layout(data_dir, values.get("layout", ""), movielens)
     values["data_dir"] = os.path.abspath(data_dir) if os.path.isdir(data_dir) else data_dir
     return PipelineConfig(**values)

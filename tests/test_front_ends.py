@@ -214,7 +214,8 @@ def test_a_missing_dataset_named_data_dir(no_pipeline, tmp_path, capsys):
     missing = tmp_path / "ml-100k"
     assert cli.main(["run", "--data-dir", str(missing), "--output-dir",
                      str(tmp_path / "out")]) == 2
-    assert str(missing) in capsys.readouterr().err
-    with pytest.raises(airflow_dag.ConfigError, match="^MOVIEREC_DATA_DIR: data directory "
-                       "does not exist: "):
+    message = f"data directory does not exist: {missing}"
+    assert capsys.readouterr().err.strip() == f"movierec: error: {message}"
+    with pytest.raises(airflow_dag.ConfigError) as raised:
         airflow_config({}, missing, tmp_path / "out")
+    assert str(raised.value) == f"MOVIEREC_DATA_DIR: {message}"
