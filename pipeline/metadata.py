@@ -107,7 +107,7 @@ def connect_reader(source: str, pipeline_name: str | None = None):
     the pipelines that are there when that one has never run in the store."""
     store = connect(source, pipeline_name)
     if pipeline_name and store.pipeline_context() is None:
-        known = sorted(c.name for c in store._store.get_contexts_by_type(PIPELINE_CONTEXT))
+        known = sorted(c.name for c in store.whole.get_contexts_by_type(PIPELINE_CONTEXT))
         raise MetadataError(
             f"pipeline {pipeline_name} has no run in {describe(source)} (the pipeline of "
             f"an output directory is named after it; --pipeline-name picks another); "
@@ -144,7 +144,7 @@ def _open(source: str, config) -> metadata_store.MetadataStore:
         raise MetadataError(f"cannot reach the metadata database server at {address}: "
                             f"{e.strerror or e}") from None
     sys.stderr.flush()
-    for attempt in range(_OPEN_ATTEMPTS):
+    for _ in range(_OPEN_ATTEMPTS):
         with tempfile.TemporaryFile() as log:
             try:
                 with _stderr_to(log):
@@ -175,16 +175,16 @@ class ScopedStore:
     context. Everything by id (an artifact's lineage) is the store's as it is."""
 
     def __init__(self, store, pipeline_name: str):
-        self._store, self.pipeline_name = store, pipeline_name
+        self.whole, self.pipeline_name = store, pipeline_name  # whole: the store itself
 
     def __getattr__(self, name):
-        return getattr(self._store, name)
+        return getattr(self.whole, name)
 
     def pipeline_context(self):
-        return self._store.get_context_by_type_and_name(PIPELINE_CONTEXT, self.pipeline_name)
+        return self.whole.get_context_by_type_and_name(PIPELINE_CONTEXT, self.pipeline_name)
 
     def get_contexts_by_type(self, type_name, *args, **kwargs):
-        contexts = self._store.get_contexts_by_type(type_name, *args, **kwargs)
+        contexts = self.whole.get_contexts_by_type(type_name, *args, **kwargs)
         if type_name == PIPELINE_CONTEXT:
             return [c for c in contexts if c.name == self.pipeline_name]
         if type_name == NODE_CONTEXT:
@@ -192,7 +192,7 @@ class ScopedStore:
         if type_name not in RUN_CONTEXTS:
             return contexts
         pipeline = self.pipeline_context()
-        children = ({c.id for c in self._store.get_children_contexts_by_context(pipeline.id)}
+        children = ({c.id for c in self.whole.get_children_contexts_by_context(pipeline.id)}
                     if pipeline else set())
         # LocalDagRunner's runs are children of the pipeline context; the Airflow runner's
         # `run` contexts name their pipeline in a property instead
@@ -202,16 +202,16 @@ class ScopedStore:
 
     def get_artifacts(self, *args, **kwargs):
         pipeline = self.pipeline_context()
-        return self._store.get_artifacts_by_context(pipeline.id) if pipeline else []
+        return self.whole.get_artifacts_by_context(pipeline.id) if pipeline else []
 
     def get_artifacts_by_type(self, type_name, *args, **kwargs):
         ids = {a.id for a in self.get_artifacts()}
-        return [a for a in self._store.get_artifacts_by_type(type_name, *args, **kwargs)
+        return [a for a in self.whole.get_artifacts_by_type(type_name, *args, **kwargs)
                 if a.id in ids]
 
     def get_executions(self, *args, **kwargs):
         pipeline = self.pipeline_context()
-        return self._store.get_executions_by_context(pipeline.id) if pipeline else []
+        return self.whole.get_executions_by_context(pipeline.id) if pipeline else []
 
 
 def runs(store) -> list:
