@@ -55,6 +55,12 @@ movierec run prints after "movierec: error: ">``:
     ``false``: re-execute every component instead of reusing cached results, as
     ``--no-cache``. (Not to be confused with ``MOVIEREC_CACHE``, the download cache of
     ``movierec run`` without ``--data-dir``.)
+``MOVIEREC_METADATA_URI`` (default: SQLite in ``$MOVIEREC_OUTPUT_DIR/metadata.sqlite``)
+    ``mysql://USER[:PASS]@HOST[:PORT]/DB``: ML Metadata on a database server, as
+    ``--metadata-uri`` (the password may come from ``$MOVIEREC_METADATA_PASSWORD``).
+``MOVIEREC_PIPELINE_NAME`` (default ``movierec``)
+    The pipeline's name in ML Metadata, and so the DAG's id; in a shared metadata database
+    ``movierec inspect`` / ``report`` take the same ``--pipeline-name``.
 
 Booleans take ``true``/``false``, ``1``/``0``, ``yes``/``no``, ``on``/``off``.
 
@@ -148,6 +154,8 @@ SETTINGS = (
     ("MOVIEREC_BEAM_WORKERS", "beam_workers"),
     ("MOVIEREC_WARM_START", "warm_start"),
     ("MOVIEREC_ENABLE_CACHE", "enable_cache"),
+    ("MOVIEREC_METADATA_URI", "metadata_uri"),
+    ("MOVIEREC_PIPELINE_NAME", "pipeline_name"),
 )
 
 # The output-directory lock (see the module docstring).
@@ -197,7 +205,10 @@ def pipeline_config_from_env(environ: Mapping[str, str]):
     from pipeline import configs
 
     base = {"data_dir": _absolute_dir(environ, "MOVIEREC_DATA_DIR"),
-            "output_dir": _absolute_dir(environ, "MOVIEREC_OUTPUT_DIR")}
+            "output_dir": _absolute_dir(environ, "MOVIEREC_OUTPUT_DIR"),
+            # the DAG's id is the pipeline's name: `movierec`, also in a shared metadata
+            # database, unless MOVIEREC_PIPELINE_NAME says otherwise
+            "pipeline_name": configs.PIPELINE_NAME}
     given: dict[str, tuple[str, Any]] = {}  # variable -> (option, value)
     for variable, option in SETTINGS:
         text = environ.get(variable, "").strip()

@@ -75,15 +75,38 @@ class _Progress(logging.Handler):
                   file=self._out, flush=True)
 
 
+class _MaskPasswords(logging.Filter):
+    """Masks the metadata database's password in what reaches the run's log: TFX logs the
+    connection config it runs with (`password: "..."`), URIs carry one, and `secrets`
+    are masked wherever they appear."""
+
+    def __init__(self, secrets=()):
+        super().__init__()
+        self._secrets = [s for s in secrets if s and len(s) >= 4]
+
+    def filter(self, record):
+        from pipeline.configs import mask_passwords
+
+        text = record.getMessage()
+        masked = mask_passwords(text)
+        for secret in self._secrets:
+            masked = masked.replace(secret, "***")
+        if masked != text:
+            record.msg, record.args = masked, None
+        return True
+
+
 @contextlib.contextmanager
-def _run_logging(log_path: str, progress: _Progress):
-    """All library logging goes to `log_path`; the terminal gets progress lines only."""
+def _run_logging(log_path: str, progress: _Progress, secrets=()):
+    """All library logging goes to `log_path` (any of `secrets` masked); the terminal gets
+    progress lines only."""
     from absl import logging as absl_logging
 
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     root = logging.getLogger()
     file_handler = logging.FileHandler(log_path)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    file_handler.addFilter(_MaskPasswords(secrets))
     saved = (root.handlers[:], root.level)
     absl_handler = absl_logging.get_absl_handler()
     root.handlers = [file_handler, progress]
@@ -148,23 +171,31 @@ def cmd_run(args) -> int:
     # (the whole files are checked again as ExampleGen streams them).
     movielens.preflight(config.data_dir, config.layout,
                         [name for name, _ in ratings_sources(config.split)])
-    from pipeline import output_lock
+    source, scope = config.metadata_source, config.metadata_scope
+    from pipeline import metadata, output_lock
 
+    if config.shared_metadata:  # an unreachable server fails before OUT is touched
+        metadata.connect(source, scope)
     with output_lock.held(output_dir):
-        from pipeline import local_runner, metadata
+        from pipeline import local_runner
 
         log_path = os.path.join(output_dir, "logs",
                                 time.strftime("run-%Y%m%d-%H%M%S.log"))
         print(f"movierec: {config.layout} from {config.data_dir} -> {output_dir} "
               f"(full log: {log_path})", flush=True)
-        closed = metadata.close_interrupted(config.metadata_path)
+        if config.shared_metadata:
+            print(f"metadata: {metadata.describe(source)}, pipeline {config.pipeline_name}",
+                  flush=True)
+        # only this output directory's executions: another's run may share the database
+        closed = metadata.close_interrupted(source, scope)
         if closed:
             print(f"an earlier run was interrupted: {closed} unfinished execution(s) marked "
                   f"canceled in ML Metadata", flush=True)
         progress = _Progress(sys.stdout)
         started = time.time()
-        args.runs_before = metadata.run_count(config.metadata_path)
-        with _run_logging(log_path, progress):
+        args.runs_before = metadata.run_count(source, scope)
+        secrets = [metadata.connection_config(source).mysql.password]
+        with _run_logging(log_path, progress, secrets):
             try:
                 local_runner.run(config)
             except Exception as e:
@@ -172,13 +203,13 @@ def cmd_run(args) -> int:
                 raise UserError(_one_line(e) + f" (full log: {log_path})") from e
             finally:
                 _annotate(config, args)
-        summary = metadata.run_metrics(metadata.connect(output_dir),
-                                       metadata.find_run(metadata.connect(output_dir)))
+        store = metadata.connect(source, scope)
+        summary = metadata.run_metrics(store, metadata.find_run(store))
         print(f"finished in {time.time() - started:.0f} s", flush=True)
         _print_summary(summary, sys.stdout)
         if config.tune_trials:
             print("tuned hyperparameters: " + json.dumps(
-                metadata.best_hyperparameters(metadata.connect(output_dir)), sort_keys=True))
+                metadata.best_hyperparameters(store), sort_keys=True))
     return 0
 
 
@@ -300,18 +331,19 @@ _INSPECT = {"runs": _inspect_runs, "artifacts": _inspect_artifacts,
 def _annotate(config, args) -> None:
     """Records the command's wall time and Beam args of the run just made in ML Metadata."""
     from pipeline import metadata
+    from pipeline.configs import mask_passwords
     from pipeline.pipeline import BEAM_COMPONENTS
 
-    if not os.path.isfile(config.metadata_path):
+    if not metadata.exists(config.metadata_source):
         return
     try:
         metadata.annotate_run(
-            config.metadata_path,
+            config.metadata_source,
             {"wall_seconds": round(time.time() - args.started, 1),
              "beam_pipeline_args": json.dumps(config.all_beam_args()),
-             "command": " ".join(["movierec", *args.argv])},
+             "command": mask_passwords(" ".join(["movierec", *args.argv]))},
             beam_components=BEAM_COMPONENTS, beam_args=config.all_beam_args(),
-            runs_before=args.runs_before)
+            runs_before=args.runs_before, pipeline_name=config.metadata_scope)
     except Exception:
         logging.getLogger("movierec").exception("could not annotate the run in ML Metadata")
 
@@ -325,7 +357,9 @@ def cmd_inspect(args) -> int:
         else:
             raise UserError(f"inspect {args.what} takes no positional arguments "
                             f"besides its own: {' '.join(args.runs)}")
-    store = metadata.connect(args.metadata or args.output_dir)
+    from pipeline import options
+
+    store = metadata.connect_reader(*options.metadata_target(args))
     result = _INSPECT[args.what](store, args)
     if result is not None:
         print(json.dumps(result, sort_keys=True, default=str))
@@ -376,6 +410,7 @@ def _add_run_arguments(run) -> None:
     run.add_argument("--output-dir", default="output",
                      help="pipeline root, metadata.sqlite and serving/ go here")
     options.add_setting_arguments(run)
+    options.add_metadata_arguments(run)
     run.add_argument("--beam-workers", type=int, default=0,
                      help="Beam multi-processing workers (default: in-process)")
     run.add_argument("--warm-start", action="store_true",
@@ -410,7 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("runs", nargs="*", metavar="ID",
                          help="diff: two run ids; lineage: an artifact id")
     inspect.add_argument("--output-dir", default="output")
-    inspect.add_argument("--metadata", help="path of metadata.sqlite (overrides --output-dir)")
+    from pipeline import options
+
+    options.add_metadata_arguments(inspect, reader=True)
     inspect.add_argument("--run", help="run id (metrics: default the latest run that "
                          "reached evaluation; artifacts: only that run's)")
     inspect.add_argument("--type", help="artifacts: only this type (e.g. Model, Examples)")
@@ -458,7 +495,9 @@ def main(argv=None, started: float | None = None) -> int:
     try:
         return args.func(args)
     except (UserError, DataError, MetadataError) as e:
-        print(f"movierec: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        from pipeline.configs import mask_passwords
+
+        print(f"movierec: error: {mask_passwords(str(e).splitlines()[0])}", file=sys.stderr)
         return 2 if not isinstance(e, UserError) or "full log" not in str(e) else 1
     except KeyboardInterrupt:
         print("movierec: interrupted", file=sys.stderr)

@@ -14,6 +14,8 @@ import dataclasses
 import hashlib
 import os
 import pathlib
+import re
+import urllib.parse
 from typing import Any, Mapping, Sequence
 
 from pipeline.errors import UserError
@@ -65,7 +67,13 @@ class PipelineConfig:
     package_root: str = ""
     # The input data's fingerprint (cache key of ExampleGen); None: computed from data_dir.
     input_fingerprint: str | None = None
+    # The pipeline's name in ML Metadata (its pipeline context, cache keys, baseline
+    # queries). from_options derives one per output directory when the store is shared
+    # (metadata_uri), see shared_pipeline_name.
     pipeline_name: str = PIPELINE_NAME
+    # ML Metadata on a database server: mysql://USER[:PASS]@HOST[:PORT]/DB (MySQL or
+    # MariaDB); empty: SQLite at OUT/metadata.sqlite.
+    metadata_uri: str = ""
 
     @property
     def pipeline_root(self) -> str:
@@ -74,6 +82,30 @@ class PipelineConfig:
     @property
     def metadata_path(self) -> str:
         return os.path.join(self.output_dir, "metadata.sqlite")
+
+    @property
+    def shared_metadata(self) -> bool:
+        """Whether ML Metadata is a database server that other output directories may
+        share (metadata_uri), rather than this output directory's own SQLite file."""
+        return bool(self.metadata_uri)
+
+    @property
+    def metadata_source(self) -> str:
+        """What pipeline.metadata connects to: the mysql:// URI, else the SQLite path."""
+        return self.metadata_uri or self.metadata_path
+
+    @property
+    def metadata_scope(self) -> str | None:
+        """The pipeline whose runs are this output directory's in the store: the pipeline
+        name in a shared store, None (everything) in the output directory's own SQLite."""
+        return self.pipeline_name if self.shared_metadata else None
+
+    def metadata_connection_config(self):
+        """The ml_metadata ConnectionConfig the pipeline runs with (SQLite file created
+        when missing; a MySQL database must exist)."""
+        from pipeline import metadata
+
+        return metadata.connection_config(self.metadata_source, mode="create")
 
     @property
     def serving_dir(self) -> str:
@@ -111,6 +143,120 @@ TRAINER_CODE = TRANSFORM_CODE + ("trainer/model.py", "trainer/run.py", "trainer/
                                   "trainer/signatures.py", "trainer/saved_model.py",
                                   "trainer/warm_start.py", "trainer/neighborhood.py")
 TUNER_CODE = TRAINER_CODE + ("trainer/tuning.py",)
+
+
+# ----------------------------------------------------------------------- metadata store
+METADATA_URI_FORM = "mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+MYSQL_DEFAULT_PORT = 3306
+_MAX_PIPELINE_NAME = 63  # TFX's limit
+
+
+@dataclasses.dataclass(frozen=True)
+class MySQLTarget:
+    """A parsed metadata_uri (user and password percent-decoded)."""
+    user: str
+    password: str | None
+    host: str
+    port: int
+    database: str
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def masked(self) -> str:
+        """The URI as it may be printed or recorded: the password as ***."""
+        secret = ":***" if self.password is not None else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return (f"mysql://{urllib.parse.quote(self.user, safe='')}{secret}@{host}:"
+                f"{self.port}/{self.database}")
+
+
+def parse_metadata_uri(uri: str) -> MySQLTarget:
+    """The MySQL / MariaDB server, user and database of `uri`; UserError (one line, the
+    password masked) when it is not of the form METADATA_URI_FORM."""
+    text = str(uri).strip()
+
+    def bad(why: str) -> UserError:
+        return UserError(f"metadata_uri {mask_passwords(text)!r}: {why} (expected "
+                         f"{METADATA_URI_FORM})")
+
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError as e:  # a port that is not a number or out of range
+        raise bad(str(e)) from None
+    if parts.scheme.lower() != "mysql":
+        raise bad("only mysql:// (MySQL or MariaDB) is supported; without metadata_uri "
+                  "the store is SQLite in the output directory")
+    if parts.query or parts.fragment:
+        raise bad("no ?query or #fragment is taken")
+    if not parts.hostname:
+        raise bad("no host")
+    if not parts.username:
+        raise bad("no user")
+    database = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if not database or "/" in database:
+        raise bad("the path must be one database name")
+    if not re.fullmatch(r"[A-Za-z0-9_$-]{1,64}", database):
+        raise bad(f"database name {database!r} is not letters, digits, _, $ or -")
+    if port == 0:
+        raise bad("port 0")
+    password = parts.password
+    return MySQLTarget(user=urllib.parse.unquote(parts.username),
+                       password=None if password is None else urllib.parse.unquote(password),
+                       host=parts.hostname, port=port or MYSQL_DEFAULT_PORT,
+                       database=database)
+
+
+# scheme://user:PASSWORD@ (the password ends at the netloc's last '@', as urllib reads it)
+_URI_PASSWORD = re.compile(r"\b([a-z][a-z0-9+.-]*://[^\s:/@[]*:)[^\s/?#]*@", re.IGNORECASE)
+
+
+# password: "..." (a ConnectionConfig as text, as TFX logs it) or "password": "..." (JSON)
+_FIELD_PASSWORD = re.compile(r'(\bpassword"?\s*[:=]\s*")(?:[^"\\]|\\.)*"')
+
+
+def mask_passwords(text: str) -> str:
+    """`text` with every password in it replaced by ***: of a URI
+    (mysql://user:PASSWORD@...) or of a connection config's `password` field."""
+    return _FIELD_PASSWORD.sub(r'\1***"', _URI_PASSWORD.sub(r"\1***@", str(text)))
+
+
+def shared_pipeline_name(output_dir: str) -> str:
+    """The pipeline name of an output directory in a shared store:
+    movierec-<directory name>-<digest of its absolute path>, so that two output
+    directories on one database are two pipelines (own runs, cache and baselines) and the
+    same directory is the same pipeline run after run."""
+    path = os.path.abspath(os.path.expanduser(str(output_dir)))
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", os.path.basename(path.rstrip("/"))).strip("-")
+    digest = hashlib.sha256(path.encode()).hexdigest()[:8]
+    return f"{PIPELINE_NAME}-{slug[:32] or 'root'}-{digest}"
+
+
+def _pipeline_name(name: str) -> str:
+    name = str(name).strip()
+    if not name or len(name) > _MAX_PIPELINE_NAME or not re.fullmatch(r"[A-Za-z0-9_.-]+",
+                                                                         name):
+        raise UserError(f"pipeline_name must be 1 to {_MAX_PIPELINE_NAME} letters, digits, "
+                        f"'_', '.' or '-', got {name!r}")
+    return name
+
+
+def metadata_target(output_dir: str, metadata_uri: str | None = None,
+                    pipeline_name: str | None = None) -> tuple[str, str | None]:
+    """(source, scope) of a reader of an output directory's runs (`inspect`, `report`),
+    checked as from_options checks a run's: with a metadata_uri, the URI and the
+    pipeline (given, else shared_pipeline_name(output_dir)); otherwise OUT/metadata.sqlite,
+    scoped only to a pipeline_name that is given."""
+    if metadata_uri and str(metadata_uri).strip():
+        uri = str(metadata_uri).strip()
+        parse_metadata_uri(uri)
+        return uri, (_pipeline_name(pipeline_name) if pipeline_name
+                     else shared_pipeline_name(output_dir))
+    return (os.path.join(os.path.abspath(os.path.expanduser(str(output_dir))),
+                         "metadata.sqlite"),
+            _pipeline_name(pipeline_name) if pipeline_name else None)
 
 
 # ------------------------------------------------------------------------ from options
@@ -202,7 +348,9 @@ def from_options(options: Mapping[str, Any], local_data: bool = False) -> Pipeli
     Keys: PipelineConfig's field names (data_dir and output_dir required), values typed or
     as strings ("3", "true"); `hparams` a mapping (values may be strings, cast to the
     HParams field's type); HParams names such as `epochs` as shortcuts into hparams;
-    `beam_pipeline_args` a space-separated string or a list. Paths are made absolute;
+    `beam_pipeline_args` a space-separated string or a list; `metadata_uri` a
+    METADATA_URI_FORM (empty: SQLite in output_dir), which, unless `pipeline_name` is
+    given, names the pipeline after output_dir (shared_pipeline_name). Paths are made absolute;
     the layout is detected from data_dir's files when data_dir is a local directory
     (and must match `layout` when both are given), else taken from `layout` or from the
     directory's name (a cluster path such as /gcs/bucket/ml-100k). `local_data`: data_dir
@@ -254,6 +402,15 @@ def from_options(options: Mapping[str, Any], local_data: bool = False) -> Pipeli
         raise UserError(f"eval_fraction must be between 0 and 1, got "
                         f"{values['eval_fraction']}")
     values["output_dir"] = os.path.abspath(os.path.expanduser(values["output_dir"]))
+    if "pipeline_name" in values:
+        values["pipeline_name"] = _pipeline_name(values["pipeline_name"])
+    if str(values.get("metadata_uri", "")).strip():
+        values["metadata_uri"] = str(values["metadata_uri"]).strip()
+        parse_metadata_uri(values["metadata_uri"])
+        if "pipeline_name" not in values:  # one pipeline per output directory
+            values["pipeline_name"] = shared_pipeline_name(values["output_dir"])
+    else:
+        values.pop("metadata_uri", None)
     data_dir = os.path.expanduser(values["data_dir"].rstrip("/") or "/")
     if local_data and not os.path.isdir(data_dir):
         raise UserError(f"data directory does not exist: {data_dir}")

@@ -1,37 +1,217 @@
-"""ML Metadata queries shared by the CLI (`run` summary, `inspect`)."""
+"""ML Metadata queries shared by the CLI (`run` summary, `inspect`).
+
+A store is either an output directory's own SQLite file (OUT/metadata.sqlite) or a MySQL /
+MariaDB database that several output directories may share (a mysql:// URI, see
+configs.parse_metadata_uri). `connection_config` builds the ConnectionConfig of both;
+`connect(source, pipeline_name)` opens one, and with a pipeline name gives a view of the
+store that holds only that pipeline's runs, executions and artifacts (an output
+directory's part of a shared store, see ScopedStore).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
+import socket
+import sys
+import tempfile
+import time
 
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from pipeline import configs
+from pipeline.errors import UserError
+
 RUN_CONTEXT = "pipeline_run"
 RUN_CONTEXTS = (RUN_CONTEXT, "run")
 PIPELINE_CONTEXT = "pipeline"
+# The password of a mysql:// URI without one (keeps it off command lines).
+PASSWORD_ENV = "MOVIEREC_METADATA_PASSWORD"
+_OPEN_ATTEMPTS = 10
 
 
 class MetadataError(RuntimeError):
-    """The metadata store is missing or holds no run."""
+    """The metadata store is missing or unreachable, or holds no run."""
 
 
-def connect(path: str) -> metadata_store.MetadataStore:
-    """The SQLite store at `path` (a metadata.sqlite file or an output directory)."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "metadata.sqlite")
-    if not os.path.isfile(path):
-        raise MetadataError(f"no metadata store at {path}: run `movierec run` first")
-    return _connect(path, writable=False)
+def is_uri(source: str) -> bool:
+    """Whether `source` names a database server (mysql://...) rather than a path."""
+    return "://" in str(source)
 
 
-def _connect(path: str, writable: bool) -> metadata_store.MetadataStore:
-    modes = metadata_store_pb2.SqliteMetadataSourceConfig
+def describe(source: str) -> str:
+    """`source` as it may be printed: a path, or the URI with its password masked."""
+    return configs.mask_passwords(source)
+
+
+def _sqlite_path(source: str) -> str:
+    return (os.path.join(source, "metadata.sqlite") if os.path.isdir(source)
+            else str(source))
+
+
+def connection_config(source: str, mode: str = "read") -> metadata_store_pb2.ConnectionConfig:
+    """The ConnectionConfig of a store: `source` a mysql:// URI (configs.METADATA_URI_FORM;
+    the database must exist, a missing password is taken from $MOVIEREC_METADATA_PASSWORD)
+    or a metadata.sqlite file or an output directory holding one. `mode`: read, write or
+    create (SQLite: the file is made when missing; MySQL: no difference)."""
     config = metadata_store_pb2.ConnectionConfig()
+    if is_uri(source):
+        try:
+            target = configs.parse_metadata_uri(source)
+        except UserError as e:
+            raise MetadataError(str(e)) from None
+        config.mysql.host = target.host
+        config.mysql.port = target.port
+        config.mysql.database = target.database
+        config.mysql.user = target.user
+        password = (target.password if target.password is not None
+                    else os.environ.get(PASSWORD_ENV))
+        if password:
+            config.mysql.password = password
+        # a mistyped name is an error, never a new empty store
+        config.mysql.skip_db_creation = True
+        return config
+    modes = metadata_store_pb2.SqliteMetadataSourceConfig
+    path = _sqlite_path(source)
+    if mode == "create":
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     config.sqlite.filename_uri = path
-    config.sqlite.connection_mode = modes.READWRITE if writable else modes.READONLY
-    return metadata_store.MetadataStore(config)
+    config.sqlite.connection_mode = {"read": modes.READONLY, "write": modes.READWRITE,
+                                     "create": modes.READWRITE_OPENCREATE}[mode]
+    return config
+
+
+def exists(source: str) -> bool:
+    """Whether the store may hold runs: a SQLite file that is there, or any server (which
+    connect checks)."""
+    return is_uri(source) or os.path.isfile(_sqlite_path(source))
+
+
+def connect(source: str, pipeline_name: str | None = None):
+    """The store of `source` (see connection_config), read-only where it is SQLite; with
+    `pipeline_name`, only that pipeline's part of it (ScopedStore). MetadataError (one
+    line) when there is no store, the server cannot be reached or the database does not
+    exist."""
+    if not is_uri(source):
+        path = _sqlite_path(source)
+        if not os.path.isfile(path):
+            raise MetadataError(f"no metadata store at {path}: run `movierec run` first")
+    return _connect(source, writable=False, pipeline_name=pipeline_name)
+
+
+def connect_reader(source: str, pipeline_name: str | None = None):
+    """connect() for `inspect` and `report`: with `pipeline_name`, a MetadataError naming
+    the pipelines that are there when that one has never run in the store."""
+    store = connect(source, pipeline_name)
+    if pipeline_name and store.pipeline_context() is None:
+        known = sorted(c.name for c in store.whole.get_contexts_by_type(PIPELINE_CONTEXT))
+        raise MetadataError(
+            f"pipeline {pipeline_name} has no run in {describe(source)} (the pipeline of "
+            f"an output directory is named after it; --pipeline-name picks another); "
+            f"known: {', '.join(known[:8]) or 'none'}")
+    return store
+
+
+def _connect(source: str, writable: bool, pipeline_name: str | None = None):
+    store = _open(source, connection_config(source, "write" if writable else "read"))
+    return ScopedStore(store, pipeline_name) if pipeline_name else store
+
+
+@contextlib.contextmanager
+def _stderr_to(file):
+    """File descriptor 2 into `file` for a while: MLMD's C++ client logs a failed MySQL
+    connection on stderr itself, beside the exception that says it again."""
+    saved = os.dup(2)
+    try:
+        os.dup2(file.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _open(source: str, config) -> metadata_store.MetadataStore:
+    if not config.HasField("mysql"):
+        return metadata_store.MetadataStore(config)
+    mysql = config.mysql
+    address = f"{mysql.host}:{mysql.port}"
+    try:  # a refused or silent address fails here, at once or in seconds
+        socket.create_connection((mysql.host, mysql.port), timeout=10).close()
+    except OSError as e:
+        raise MetadataError(f"cannot reach the metadata database server at {address}: "
+                            f"{e.strerror or e}") from None
+    sys.stderr.flush()
+    for _ in range(_OPEN_ATTEMPTS):
+        with tempfile.TemporaryFile() as log:
+            try:
+                with _stderr_to(log):
+                    return metadata_store.MetadataStore(config)
+            except Exception as e:  # noqa: BLE001 - MLMD raises RuntimeError, or its errors
+                text = str(e)
+        # Two runs that connect at once to a new, empty database race to create MLMD's
+        # tables; the loser is told to retry (as TFX's own connection does).
+        if "retry" not in text.lower() and "deadlock" not in text.lower():
+            break
+        time.sleep(0.2 + random.random())
+    if "database" in text and ("Unknown database" in text or "Access denied" in text
+                               or "Changing to database" in text):
+        raise MetadataError(f"no database {mysql.database!r} on the metadata database "
+                            f"server at {address} (or user {mysql.user!r} may not use it): "
+                            f"create it first") from None
+    if "mysql_real_connect" in text:
+        raise MetadataError(f"the metadata database server at {address} refused user "
+                            f"{mysql.user!r} (wrong user or password?)") from None
+    raise MetadataError(f"cannot open ML Metadata in database {mysql.database!r} at "
+                        f"{address}: {configs.mask_passwords(text).splitlines()[0]}") from None
+
+
+class ScopedStore:
+    """One pipeline's part of a store that several pipelines share (output directories on
+    one database server): the store's methods, where those that list the whole store
+    (runs, artifacts by type, executions) list only what is attributed to the pipeline's
+    context. Everything by id (an artifact's lineage) is the store's as it is."""
+
+    def __init__(self, store, pipeline_name: str):
+        self.whole, self.pipeline_name = store, pipeline_name  # whole: the store itself
+
+    def __getattr__(self, name):
+        return getattr(self.whole, name)
+
+    def pipeline_context(self):
+        return self.whole.get_context_by_type_and_name(PIPELINE_CONTEXT, self.pipeline_name)
+
+    def get_contexts_by_type(self, type_name, *args, **kwargs):
+        contexts = self.whole.get_contexts_by_type(type_name, *args, **kwargs)
+        if type_name == PIPELINE_CONTEXT:
+            return [c for c in contexts if c.name == self.pipeline_name]
+        if type_name == NODE_CONTEXT:
+            return [c for c in contexts if c.name.startswith(self.pipeline_name + ".")]
+        if type_name not in RUN_CONTEXTS:
+            return contexts
+        pipeline = self.pipeline_context()
+        children = ({c.id for c in self.whole.get_children_contexts_by_context(pipeline.id)}
+                    if pipeline else set())
+        # LocalDagRunner's runs are children of the pipeline context; the Airflow runner's
+        # `run` contexts name their pipeline in a property instead
+        return [c for c in contexts if c.id in children or (
+            "pipeline_name" in c.properties
+            and c.properties["pipeline_name"].string_value == self.pipeline_name)]
+
+    def get_artifacts(self, *args, **kwargs):
+        pipeline = self.pipeline_context()
+        return self.whole.get_artifacts_by_context(pipeline.id) if pipeline else []
+
+    def get_artifacts_by_type(self, type_name, *args, **kwargs):
+        ids = {a.id for a in self.get_artifacts()}
+        return [a for a in self.whole.get_artifacts_by_type(type_name, *args, **kwargs)
+                if a.id in ids]
+
+    def get_executions(self, *args, **kwargs):
+        pipeline = self.pipeline_context()
+        return self.whole.get_executions_by_context(pipeline.id) if pipeline else []
 
 
 def runs(store) -> list:
@@ -360,6 +540,10 @@ def lineage(store, artifact_id: int) -> list:
     to an earlier run's lineage); an artifact reached twice is listed once."""
     index = _Index(store)
     found = store.get_artifacts_by_id([int(artifact_id)])
+    if found and isinstance(store, ScopedStore) and found[0].id not in {
+            a.id for a in store.get_artifacts()}:
+        raise MetadataError(f"artifact {artifact_id} is not of pipeline "
+                            f"{store.pipeline_name} (another output directory's)")
     if not found:
         raise MetadataError(f"no artifact with id {artifact_id}")
     rows, seen = [], set()
@@ -422,17 +606,18 @@ def diff(store, run_a: str, run_b: str) -> dict:
     return {"run_a": a["run_id"], "run_b": b["run_id"], "metrics": out}
 
 
-def run_count(path: str) -> int:
-    return len(runs(connect(path))) if os.path.isfile(path) else 0
+def run_count(source: str, pipeline_name: str | None = None) -> int:
+    """How many runs the store holds (of `pipeline_name`, else all); 0 without a store."""
+    return len(runs(connect(source, pipeline_name))) if exists(source) else 0
 
 
-def annotate_run(path: str, values: dict, beam_components=(), beam_args=None,
-                 runs_before: int = 0) -> None:
-    """Records movierec's own facts about the latest run in the store (read-write): the
-    command's wall time etc. on the pipeline_run context, and the Beam pipeline args on
-    the executions of the Beam-powered components of that run. Nothing when no run was
-    added since there were `runs_before`."""
-    store = _connect(path, writable=True)
+def annotate_run(source: str, values: dict, beam_components=(), beam_args=None,
+                 runs_before: int = 0, pipeline_name: str | None = None) -> None:
+    """Records movierec's own facts about the latest run (of `pipeline_name`, else of the
+    store) in the store (read-write): the command's wall time etc. on the pipeline_run
+    context, and the Beam pipeline args on the executions of the Beam-powered components
+    of that run. Nothing when no run was added since there were `runs_before`."""
+    store = _connect(source, writable=True, pipeline_name=pipeline_name)
     all_runs = runs(store)
     if len(all_runs) <= runs_before:
         return
@@ -473,14 +658,16 @@ def _set(value, plain) -> None:
         value.string_value = str(plain)
 
 
-def close_interrupted(path: str) -> int:
+def close_interrupted(source: str, pipeline_name: str | None = None) -> int:
     """Executions left RUNNING by a run that was killed (the caller holds the output
-    directory's lock, so no run is in progress) become CANCELED, and the outputs they had
-    begun become ABANDONED: later runs and `inspect` never mistake them for live work.
-    Returns how many executions were closed."""
-    if not os.path.isfile(path):
+    directory's lock, so no run of it is in progress) become CANCELED, and the outputs
+    they had begun become ABANDONED: later runs and `inspect` never mistake them for live
+    work. With `pipeline_name` (a shared store) only that pipeline's executions: another
+    output directory's run may be in progress on the same database. Returns how many
+    executions were closed."""
+    if not exists(source):
         return 0
-    store = _connect(path, writable=True)
+    store = _connect(source, writable=True, pipeline_name=pipeline_name)
     open_states = (metadata_store_pb2.Execution.RUNNING, metadata_store_pb2.Execution.NEW)
     stale = [e for e in store.get_executions() if e.last_known_state in open_states]
     if not stale:

@@ -3,6 +3,9 @@
 
 `add_setting_arguments(parser)` declares them once; `from_args(args)` hands them, by
 configs.from_options' names, to that one function, which checks them.
+`add_metadata_arguments(parser)` declares where ML Metadata is (`--metadata-uri`,
+`--pipeline-name`) for `run` / `tune`, `inspect` and `report`; `metadata_target(args)`
+is what a reader (`inspect`, `report`) connects to.
 """
 
 from __future__ import annotations
@@ -55,7 +58,37 @@ def from_args(args) -> dict:
                "beam_pipeline_args": args.beam_pipeline_args,
                "enable_cache": not args.no_cache,
                "tune_trials": getattr(args, "trials", None)}
-    for key in ("beam_workers", "warm_start"):
+    for key in ("beam_workers", "warm_start", "metadata_uri", "pipeline_name"):
         if hasattr(args, key):
             options[key] = getattr(args, key)
     return options
+
+
+def add_metadata_arguments(parser, reader: bool = False) -> None:
+    """--metadata-uri and --pipeline-name (`reader`: also --metadata PATH, a SQLite file)."""
+    parser.add_argument("--metadata-uri", metavar="mysql://USER[:PASS]@HOST[:PORT]/DB",
+                        help="ML Metadata on a MySQL / MariaDB server (the database must "
+                        "exist; default: SQLite in the output directory). A password left "
+                        "out of the URI is read from $MOVIEREC_METADATA_PASSWORD")
+    parser.add_argument("--pipeline-name",
+                        help="the pipeline's name in ML Metadata (default movierec; with "
+                        "--metadata-uri one per output directory: movierec-<its name>-<a "
+                        "digest of its path>)")
+    if reader:
+        parser.add_argument("--metadata", help="path of a metadata.sqlite (overrides "
+                            "--output-dir)")
+
+
+def metadata_target(args) -> tuple[str, str | None]:
+    """(source, pipeline or None) that `inspect` / `report` read: --metadata, else
+    --metadata-uri (scoped to --pipeline-name or the output directory's pipeline), else
+    OUT/metadata.sqlite; UserError (one line) on a bad URI or both --metadata options."""
+    from pipeline.errors import UserError
+
+    if args.metadata and args.metadata_uri:
+        raise UserError("give --metadata (a SQLite file) or --metadata-uri (a server), "
+                        "not both")
+    if args.metadata:
+        return args.metadata, configs.metadata_target(args.output_dir, None,
+                                                      args.pipeline_name)[1]
+    return configs.metadata_target(args.output_dir, args.metadata_uri, args.pipeline_name)

@@ -11,7 +11,6 @@ from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGe
 from tfx.dsl.components.common.resolver import Resolver
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import (
     LatestBlessedModelStrategy)
-from tfx.orchestration.metadata import sqlite_metadata_connection_config
 from tfx.orchestration.pipeline import Pipeline
 from tfx.proto import pusher_pb2, trainer_pb2, transform_pb2
 from tfx.types import standard_artifacts
@@ -157,5 +156,5 @@ def create_pipeline(config: configs.PipelineConfig) -> Pipeline:
                     *([warm_start] if warm_start else []), trainer, latest_blessed,
                     evaluator, retrieval_evaluator, pusher],
         enable_cache=config.enable_cache,
-        metadata_connection_config=sqlite_metadata_connection_config(config.metadata_path),
+        metadata_connection_config=config.metadata_connection_config(),
         beam_pipeline_args=config.all_beam_args())

@@ -39,19 +39,26 @@ def add_commands(sub) -> None:
         "pushed model.")
     report.add_argument("--output-dir", default="output",
                         help="the pipeline's output directory (default: output)")
-    report.add_argument("--metadata", help="path of metadata.sqlite (overrides --output-dir)")
+    from pipeline import options
+
+    options.add_metadata_arguments(report, reader=True)
     report.add_argument("--output", help="the HTML file to write (default: "
                         "OUTPUT_DIR/report.html)")
     report.set_defaults(func=cmd_report)
 
 
 def cmd_report(args) -> int:
-    from pipeline import metadata
+    from pipeline import metadata, options
     from pipeline.errors import UserError
 
-    source = args.metadata or args.output_dir
-    store = metadata.connect(source)  # MetadataError (one line) when there is none
-    page = render(collect(store), source=os.path.abspath(source))
+    source, pipeline_name = options.metadata_target(args)
+    # MetadataError (one line) when there is none or its server cannot be reached
+    store = metadata.connect_reader(source, pipeline_name)
+    shown = (metadata.describe(source) if metadata.is_uri(source)
+             else os.path.abspath(source))
+    if pipeline_name:
+        shown += f", pipeline {pipeline_name}"
+    page = render(collect(store), source=shown)
     path = args.output or os.path.join(args.output_dir, "report.html")
     try:
         write_atomically(path, page)
