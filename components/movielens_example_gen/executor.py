@@ -222,6 +222,23 @@ class _ReadJoinAndSplit(beam.DoFn):
         self._read.inc(sum(counts.values()))
 
 
+class RatingExamples(beam.PTransform):
+    """The ratings files of `sources` (splits.ratings_sources) -> {TRAIN, EVAL}: their
+    ratings as serialized examples, joined with movies and users and split by `split`,
+    read in byte ranges by _ReadJoinAndSplit (the files' sizes are looked up at
+    construction). read_statistics(result) says how the reading was spread."""
+
+    def __init__(self, data_dir, layout, sources, split, seed, eval_fraction, cutoff):
+        super().__init__()
+        self._sources = [ratings_source(data_dir, layout, *source) for source in sources]
+        self._fn = _ReadJoinAndSplit(data_dir, layout, split, seed, eval_fraction, cutoff)
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Sources" >> beam.Create(self._sources)
+                | "ReadJoinAndSplit" >> beam.ParDo(self._fn).with_outputs(TRAIN, EVAL))
+
+
 def read_statistics(result) -> dict:
     """{"ranges": byte ranges read, "ratings_per_worker": {worker: ratings}} of a finished
     pipeline that ran _ReadJoinAndSplit."""
@@ -258,12 +275,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
         examples_utils.set_file_format(examples, "tfrecords_gzip")
         pipeline = self._make_beam_pipeline()
-        rated = (pipeline
-                 | "Sources" >> beam.Create([ratings_source(data_dir, layout, *source)
-                                             for source in sources])
-                 | "ReadJoinAndSplit" >> beam.ParDo(_ReadJoinAndSplit(
-                     data_dir, layout, split, seed, eval_fraction, cutoff)).with_outputs(
-                         TRAIN, EVAL))
+        rated = pipeline | "Ratings" >> RatingExamples(
+            data_dir, layout, sources, split, seed, eval_fraction, cutoff)
         for name in (TRAIN, EVAL):
             (rated[name]
              | f"Write{name}" >> beam.io.WriteToTFRecord(
