@@ -154,7 +154,7 @@ def ratings_source(data_dir: str, layout: str, file_name: str | None,
     ratings go to or None, path, size in bytes, bytes per initial range). Beam's
     filesystems find the size, so the same works for any path they understand."""
     path = os.path.join(data_dir, file_name or movielens.layout_files(layout)["ratings"])
-    size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+    size = FileSystems.get_filesystem(path).size(path)
     return file_name, fixed_split, path, size, range_bytes(size)
 
 

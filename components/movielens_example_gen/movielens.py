@@ -31,17 +31,21 @@ file in either encoding reads correctly. Files are read line by line, never whol
 line longer than :data:`MAX_LINE_BYTES` is refused without being read further. Ids
 (users, movies) are non-negative integers in every layout.
 
+:func:`read_ratings` reads the ratings of a byte range of an open ratings file (the lines
+that start in it), so that one file can be read by several workers; the ranges of a file
+together read exactly what :func:`iter_ratings` reads.
+
 Every problem with the input raises :class:`DataError` whose message is a single line
 naming the file (and the 1-based line number where one applies), e.g.
-``u.data line 3: rating '7' outside 1..5``. :func:`preflight` runs the cheap checks (files
-present, catalog and users, the first lines of the ratings) before a pipeline starts.
+``u.data line 3: rating '7' outside 1..5``; a range that does not start at byte 0 names the
+line by its byte offset and quotes it instead. :func:`preflight` runs the cheap checks
+(files present, catalog and users, the first lines of the ratings) before a pipeline starts.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import hashlib
 import itertools
 import math
