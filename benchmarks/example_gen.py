@@ -7,7 +7,9 @@ Without --data-dir, 1M synthetic ratings (ml-25m layout, 6,666 users x 3,700 mov
 benchmarks/scale.py's `1m`) are written into --work-dir/data first (and reused). For each
 --workers value (1: Beam in-process, N > 1: N multi-processing workers) prints the wall
 time of Executor.Do (preflight, the time cutoff where the split needs one, the Beam
-pipeline) and the counts and read statistics the executor records on its Examples.
+pipeline), the CPU seconds it took (this process and Beam's worker processes: less
+sensitive than wall time to other work on the machine) and the counts and read
+statistics the executor records on its Examples.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import pathlib
+import resource
 import shutil
 import sys
 import time
@@ -31,6 +34,12 @@ def beam_args(workers: int) -> list:
     return ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU of this process and of its finished children (Beam's workers)."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def run(data_dir: str, out: str, workers: int, split: str) -> dict:
     from tfx.types import standard_artifacts
 
@@ -39,14 +48,15 @@ def run(data_dir: str, out: str, workers: int, split: str) -> dict:
     examples = standard_artifacts.Examples()
     examples.uri = out
     context = executor.Executor.Context(beam_pipeline_args=beam_args(workers))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     executor.Executor(context).Do({}, {"examples": [examples]}, {
         "data_dir": data_dir, "layout": movielens.detect_layout(data_dir), "split": split,
         "seed": 42, "eval_fraction": 0.2, "input_fingerprint": ""})
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
     properties = {name: examples.get_string_custom_property(name)
                   for name in ("split_counts", "ratings_per_worker")}
-    return {"workers": workers, "seconds": round(seconds, 1), **properties,
+    return {"workers": workers, "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
+            **properties,
             "read_ranges": examples.get_int_custom_property("read_ranges")}
 
 
