@@ -5,20 +5,30 @@ Output: one Examples artifact with three splits
                file) its user: every feature of trainer.features.RATING_EXAMPLE_FEATURES;
   catalog      one example per movie in the catalog file, rated or not (MOVIE_FEATURES).
 
-Ratings stream through Beam (never one in-memory frame); movies and users, which are small,
-are read once and joined in the workers. Before Beam starts, movielens.preflight checks the
-files, the catalog, the users and the first lines of the ratings, so most bad input fails
-at once with one line naming the file and line.
+Ratings stream through Beam (never one in-memory frame): a splittable DoFn reads each ratings
+file in byte ranges (a range owns the lines that start in it), so a runner spreads one file
+over its workers; movies and users, which are small, are read once and joined in the
+workers. Before Beam starts, movielens.preflight checks the files, the catalog, the users
+and the first lines of the ratings, so most bad input fails at once with one line naming the
+file and line. Past the first range a bad line is named by its byte offset, quoted.
+
+The Examples artifact records, besides the split counts, how the reading was spread:
+`read_ranges` (byte ranges read) and `ratings_per_worker` (JSON: host/pid -> ratings).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import socket
 from typing import Any, Dict, List
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 import numpy as np
 import tensorflow as tf
 from tfx.components.util import examples_utils
@@ -33,6 +43,10 @@ from trainer import features as F
 
 TRAIN, EVAL, CATALOG = F.TRAIN_SPLIT, F.EVAL_SPLIT, F.CATALOG_SPLIT
 _NAMESPACE = "movierec.example_gen"
+# Counters of the ratings read per worker process (named by worker_name()) and of the byte
+# ranges read (RANGES).
+_READ_NAMESPACE = "movierec.example_gen.read"
+RANGES = "ranges"
 
 
 def movie_values(movie: movielens.Movie) -> dict:
@@ -121,30 +135,123 @@ def time_cutoff(data_dir: str, layout: str, eval_fraction: float) -> int:
     return int(stamps[min(len(stamps) - 1, int(len(stamps) * (1.0 - eval_fraction)))])
 
 
-class _JoinAndSplit(beam.DoFn):
-    """Rating -> serialized example, joined with its movie and user, tagged with its
-    split."""
+#: Byte ranges a ratings file is first split into (runners split further while they read):
+#: about RANGES_PER_FILE of them, each at least MIN_RANGE_BYTES and at most MAX_RANGE_BYTES
+#: (Beam's text source reads 64 MiB bundles), so that small files stay one range.
+RANGES_PER_FILE = 16
+MIN_RANGE_BYTES = 1 << 20
+MAX_RANGE_BYTES = 64 << 20
+
+
+def range_bytes(size: int) -> int:
+    """The size of the byte ranges a ratings file of `size` bytes is first split into."""
+    return min(MAX_RANGE_BYTES, max(MIN_RANGE_BYTES, -(-size // RANGES_PER_FILE)))
+
+
+def ratings_source(data_dir: str, layout: str, file_name: str | None,
+                   fixed_split: str | None) -> tuple:
+    """What _ReadJoinAndSplit reads: (file name or None for the layout's own, the split its
+    ratings go to or None, path, size in bytes, bytes per initial range). Beam's
+    filesystems find the size, so the same works for any path they understand."""
+    path = os.path.join(data_dir, file_name or movielens.layout_files(layout)["ratings"])
+    size = FileSystems.get_filesystem(path).size(path)
+    return file_name, fixed_split, path, size, range_bytes(size)
+
+
+class _ByteRanges(beam.transforms.core.RestrictionProvider):
+    """A ratings source's restriction: the byte offsets [0, size) of its file, split in
+    ranges of the source's bytes per range; a runner may split a range further while it
+    is read (dynamic work rebalancing)."""
+
+    def initial_restriction(self, source):
+        return OffsetRange(0, source[3])
+
+    def create_tracker(self, restriction):
+        return OffsetRestrictionTracker(restriction)
+
+    def split(self, source, restriction):
+        yield from restriction.split(source[4])
+
+    def restriction_size(self, source, restriction):
+        return restriction.size()
+
+
+def worker_name() -> str:
+    """This process, as the read statistics name it: host/pid."""
+    return f"{socket.gethostname()}/{os.getpid()}"
+
+
+class _ReadJoinAndSplit(beam.DoFn):
+    """A splittable DoFn: ratings source -> the serialized examples of the ratings whose
+    lines start in its byte range, joined with their movie and user, tagged with their
+    split. movielens.read_ratings parses each line as iter_ratings does (a range that does
+    not start at byte 0 names a bad line by its offset); counters say how many ratings
+    each worker process read and how many ranges there were."""
 
     def __init__(self, data_dir, layout, split, seed, eval_fraction, cutoff):
         self._args = (data_dir, layout)
         self._split, self._seed = split, seed
         self._eval_fraction, self._cutoff = eval_fraction, cutoff
-        self._counters = {s: beam.metrics.Metrics.counter(_NAMESPACE, s) for s in F.SPLITS}
 
     def setup(self):
         self._movies = movielens.read_movies(*self._args)
         self._users = movielens.read_users(*self._args)
         self._files = movielens.layout_files(self._args[1])
         self._encoder = ExampleEncoder(self._movies, self._users)
+        self._counters = {s: beam.metrics.Metrics.counter(_NAMESPACE, s) for s in F.SPLITS}
+        self._read = beam.metrics.Metrics.counter(_READ_NAMESPACE, worker_name())
+        self._ranges = beam.metrics.Metrics.counter(_READ_NAMESPACE, RANGES)
 
-    def process(self, item):
-        (file_name, fixed_split), rating = item
+    def process(self, source, tracker=beam.DoFn.RestrictionParam(_ByteRanges())):
+        file_name, fixed_split, path, _, _ = source
         files = {**self._files, "ratings": file_name} if file_name else self._files
-        movielens.check_references(rating, self._movies, self._users, files)
-        split = split_of(rating, fixed_split, self._split, self._seed, self._eval_fraction,
-                         self._cutoff)
-        self._counters[split].inc()
-        yield beam.pvalue.TaggedOutput(split, self._encoder.encode(rating))
+        restriction = tracker.current_restriction()
+        counts = {s: 0 for s in F.SPLITS}
+        self._ranges.inc()
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            for rating in movielens.read_ratings(
+                    f, files["ratings"], self._args[1], restriction.start, restriction.stop,
+                    tracker.try_claim, (self._movies, self._users, files)):
+                split = split_of(rating, fixed_split, self._split, self._seed,
+                                 self._eval_fraction, self._cutoff)
+                counts[split] += 1
+                yield beam.pvalue.TaggedOutput(split, self._encoder.encode(rating))
+        for split, count in counts.items():
+            if count:
+                self._counters[split].inc(count)
+        self._read.inc(sum(counts.values()))
+
+
+class RatingExamples(beam.PTransform):
+    """The ratings files of `sources` (splits.ratings_sources) -> {TRAIN, EVAL}: their
+    ratings as serialized examples, joined with movies and users and split by `split`,
+    read in byte ranges by _ReadJoinAndSplit (the files' sizes are looked up at
+    construction). read_statistics(result) says how the reading was spread."""
+
+    def __init__(self, data_dir, layout, sources, split, seed, eval_fraction, cutoff):
+        super().__init__()
+        self._sources = [ratings_source(data_dir, layout, *source) for source in sources]
+        self._fn = _ReadJoinAndSplit(data_dir, layout, split, seed, eval_fraction, cutoff)
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Sources" >> beam.Create(self._sources)
+                | "ReadJoinAndSplit" >> beam.ParDo(self._fn).with_outputs(TRAIN, EVAL))
+
+
+def read_statistics(result) -> dict:
+    """{"ranges": byte ranges read, "ratings_per_worker": {worker: ratings}} of a finished
+    pipeline that ran _ReadJoinAndSplit."""
+    stats = {"ranges": 0, "ratings_per_worker": {}}
+    for counter in result.metrics().query(
+            beam.metrics.MetricsFilter().with_namespace(_READ_NAMESPACE))["counters"]:
+        value = counter.committed or counter.attempted
+        if counter.key.metric.name == RANGES:
+            stats["ranges"] += value
+        else:
+            workers = stats["ratings_per_worker"]
+            workers[counter.key.metric.name] = workers.get(counter.key.metric.name, 0) + value
+    return stats
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
@@ -168,14 +275,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
         examples_utils.set_file_format(examples, "tfrecords_gzip")
         pipeline = self._make_beam_pipeline()
-        rated = (pipeline
-                 | "Sources" >> beam.Create(sources)
-                 | "ReadRatings" >> beam.FlatMap(
-                     lambda src: ((src, r) for r in movielens.iter_ratings(
-                         data_dir, layout, src[0])))
-                 | "JoinAndSplit" >> beam.ParDo(_JoinAndSplit(
-                     data_dir, layout, split, seed, eval_fraction, cutoff)).with_outputs(
-                         TRAIN, EVAL))
+        rated = pipeline | "Ratings" >> RatingExamples(
+            data_dir, layout, sources, split, seed, eval_fraction, cutoff)
         for name in (TRAIN, EVAL):
             (rated[name]
              | f"Write{name}" >> beam.io.WriteToTFRecord(
@@ -195,6 +296,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 beam.metrics.MetricsFilter().with_namespace(_NAMESPACE))["counters"]:
             counts[counter.key.metric.name] += counter.committed or counter.attempted
         counts[CATALOG] = len(movies)
+        read = read_statistics(result)
+        logging.info("MovieLensExampleGen read %d ratings in %d byte ranges: %s",
+                     counts[TRAIN] + counts[EVAL], read["ranges"],
+                     json.dumps(read["ratings_per_worker"], sort_keys=True))
         if counts[TRAIN] == 0 or counts[EVAL] == 0:
             raise movielens.DataError(
                 f"the {split} split left {counts[TRAIN]} train and {counts[EVAL]} eval "
@@ -204,5 +309,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         examples.set_string_custom_property("input_fingerprint",
                                             exec_properties.get("input_fingerprint", ""))
         examples.set_string_custom_property("split_counts", json.dumps(counts))
+        examples.set_int_custom_property("read_ranges", read["ranges"])
+        examples.set_string_custom_property(
+            "ratings_per_worker", json.dumps(read["ratings_per_worker"], sort_keys=True))
         for name, count in counts.items():
             examples.set_int_custom_property(f"num_{name}", count)

@@ -31,17 +31,21 @@ file in either encoding reads correctly. Files are read line by line, never whol
 line longer than :data:`MAX_LINE_BYTES` is refused without being read further. Ids
 (users, movies) are non-negative integers in every layout.
 
+:func:`read_ratings` reads the ratings of a byte range of an open ratings file (the lines
+that start in it), so that one file can be read by several workers; the ranges of a file
+together read exactly what :func:`iter_ratings` reads.
+
 Every problem with the input raises :class:`DataError` whose message is a single line
 naming the file (and the 1-based line number where one applies), e.g.
-``u.data line 3: rating '7' outside 1..5``. :func:`preflight` runs the cheap checks (files
-present, catalog and users, the first lines of the ratings) before a pipeline starts.
+``u.data line 3: rating '7' outside 1..5``; a range that does not start at byte 0 names the
+line by its byte offset and quotes it instead. :func:`preflight` runs the cheap checks
+(files present, catalog and users, the first lines of the ratings) before a pipeline starts.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import hashlib
 import itertools
 import math
@@ -144,8 +148,11 @@ class Rating:
     movie_id: str
     rating: float
     timestamp: int  # seconds since the epoch
-    # 1-based line of the ratings file (0: not from a file); for messages, not compared.
+    # 1-based line of the ratings file (0: not from a file, or from a range of it that does
+    # not start at its first byte) and the byte offset where that line starts (-1: not from
+    # a file); for messages, not compared.
     line: int = dataclasses.field(default=0, compare=False)
+    offset: int = dataclasses.field(default=-1, compare=False)
 
 
 # --- layout -------------------------------------------------------------------------------
@@ -209,32 +216,118 @@ def _existing(data_dir: PathLike, name: str) -> pathlib.Path:
 # --- line reading -------------------------------------------------------------------------
 
 
-def _decoded_lines(path: pathlib.Path) -> Iterator[str]:
-    """Yields the lines of ``path`` one at a time, each decoded as utf-8, else latin-1.
+class _Place:
+    """Where a reader is, for messages: the line it read last, by its 1-based number when
+    the reader started at the file's first byte (``number`` > 0), else by the byte offset
+    where the line starts, with the line quoted (a reader that starts inside a file cannot
+    know how many lines come before it without reading them)."""
+
+    __slots__ = ("name", "number", "offset", "text")
+
+    def __init__(self, name: str) -> None:
+        self.name, self.number, self.offset, self.text = name, 0, 0, ""
+
+    def __str__(self) -> str:
+        if self.number:
+            return f"{self.name} line {self.number}"
+        return f"{self.name} line at byte {self.offset} ({_quote(self.text)})"
+
+
+def _quote(text: str, limit: int = 80) -> str:
+    text = text.rstrip("\r\n")
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _first_line_at(f, start: int, end: int | None) -> int | None:
+    """The offset of the first line of binary file ``f`` that starts at ``start`` (> 0) or
+    later and before ``end`` (None: the end of the file), or None when there is none: a
+    line starts after a newline, so the search for one begins at ``start - 1``."""
+    f.seek(start - 1)
+    position = start - 1
+    while end is None or position < end - 1:
+        chunk = f.read(1 << 16 if end is None else min(1 << 16, end - 1 - position))
+        if not chunk:
+            return None
+        found = chunk.find(b"\n")
+        if found >= 0:
+            return position + found + 1
+        position += len(chunk)
+    return None
+
+
+def _lines(f, place: _Place, start: int = 0, end: int | None = None, claim=None) -> Iterator[str]:
+    """Yields the lines of binary file ``f`` that start in bytes [``start``, ``end``), each
+    decoded as utf-8, else latin-1 (so line by line, wherever a reader starts), and keeps
+    ``place`` on the line last yielded.
+
+    A line belongs to the range it starts in: one that straddles ``start`` is left to the
+    range before, one that straddles ``end`` is read to its newline. ``claim(offset)``, when
+    given, is asked before each line (a Beam restriction tracker's ``try_claim``, whose
+    range may shrink while it reads); it says whether to read that line, a False ends the
+    lines. ``end`` None reads to the end of the file.
 
     A line longer than :data:`MAX_LINE_BYTES` raises :class:`DataError` after reading at
     most that many bytes of it, so memory stays bounded whatever the file holds.
     """
+    if claim is None:
+        claim = (lambda offset: True) if end is None else (lambda offset: offset < end)
+    if start > 0:
+        position = _first_line_at(f, start, end)
+        if position is None:
+            if end is not None:
+                claim(end)  # a tracker must hear that nothing of its range is left
+            return
+    else:
+        position = 0
+    f.seek(position)
+    number = 1 if position == 0 else 0  # 0: unknown
     limit = MAX_LINE_BYTES + 1
+    while claim(position):
+        raw = f.readline(limit)
+        if not raw:
+            return
+        place.offset, place.number = position, number
+        position += len(raw)
+        if len(raw) == limit and raw[-1:] != b"\n":
+            place.text = raw[:200].decode("latin-1")
+            raise DataError(f"{place}: longer than {MAX_LINE_BYTES} bytes (not a MovieLens file?)")
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            line = raw.decode("latin-1")
+        if place.offset == 0:
+            line = line.removeprefix("\ufeff")
+        place.text = line
+        if number:
+            number += 1
+        yield line
+
+
+def _decoded_lines(path: pathlib.Path, place: _Place | None = None) -> Iterator[str]:
+    """Yields the lines of ``path`` one at a time, each decoded as utf-8, else latin-1
+    (:func:`_lines` over the whole file)."""
     try:
         with open(path, "rb") as f:
-            number = 0
-            for raw in iter(functools.partial(f.readline, limit), b""):
-                number += 1
-                if len(raw) == limit and raw[-1:] != b"\n":
-                    raise DataError(
-                        f"{path.name} line {number}: longer than {MAX_LINE_BYTES} bytes"
-                        " (not a MovieLens file?)"
-                    )
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    line = raw.decode("latin-1")
-                if number == 1:
-                    line = line.removeprefix("\ufeff")
-                yield line
+            yield from _lines(f, place or _Place(path.name))
     except OSError as e:
         raise DataError(f"cannot read {path.name}: {e.strerror or e}") from None
+
+
+def _split_lines(lines: Iterator[str], place: _Place, separator: str | None) -> Iterator[list[str]]:
+    """The stripped fields of each non-blank line; ``separator`` None means comma-separated
+    values with csv quoting. ``place`` is the line (for csv: the last line of the record)."""
+    if separator is None:
+        reader = csv.reader(lines)
+        try:
+            for fields in reader:
+                if any(field.strip() for field in fields):
+                    yield [field.strip() for field in fields]
+        except csv.Error as e:
+            raise DataError(f"{place}: {e}") from None
+    else:
+        for line in lines:
+            if line.strip():
+                yield [field.strip() for field in line.rstrip("\r\n").split(separator)]
 
 
 def _rows(path: pathlib.Path, separator: str | None) -> Iterator[tuple[int, list[str]]]:
@@ -242,18 +335,9 @@ def _rows(path: pathlib.Path, separator: str | None) -> Iterator[tuple[int, list
 
     ``separator`` None means comma-separated values with csv quoting.
     """
-    if separator is None:
-        reader = csv.reader(_decoded_lines(path))
-        try:
-            for fields in reader:
-                if any(field.strip() for field in fields):
-                    yield reader.line_num, [field.strip() for field in fields]
-        except csv.Error as e:
-            raise DataError(f"{path.name} line {reader.line_num}: {e}") from None
-    else:
-        for number, line in enumerate(_decoded_lines(path), start=1):
-            if line.strip():
-                yield number, [field.strip() for field in line.rstrip("\r\n").split(separator)]
+    place = _Place(path.name)
+    for fields in _split_lines(_decoded_lines(path, place), place, separator):
+        yield place.number, fields
 
 
 def _describe(separator: str | None) -> str:
@@ -274,13 +358,15 @@ def _delimiter_hint(text: str, expected: int, separator: str) -> str:
     return ""
 
 
+def _fields_problem(fields: list[str], expected: int, separator: str | None) -> str:
+    """What is wrong with a line of ``fields`` where ``expected`` fields belong."""
+    hint = _delimiter_hint(fields[0], expected, separator or ",") if len(fields) == 1 else ""
+    return f"expected {expected} {_describe(separator)} fields, got {len(fields)}{hint}"
+
+
 def _check_fields(name: str, number: int, fields: list[str], expected: int, separator: str | None):
     if len(fields) != expected:
-        hint = _delimiter_hint(fields[0], expected, separator or ",") if len(fields) == 1 else ""
-        raise DataError(
-            f"{name} line {number}: expected {expected} {_describe(separator)} fields,"
-            f" got {len(fields)}{hint}"
-        )
+        raise DataError(f"{name} line {number}: {_fields_problem(fields, expected, separator)}")
 
 
 def _is_number(text: str) -> bool:
@@ -305,9 +391,16 @@ def _header_hinted(error: DataError, name: str, fields: list[str], has_header: b
     return DataError(f"{error} ({hint})")
 
 
-def _check_id(where: str, what: str, text: str) -> None:
+def _id_problem(what: str, text: str) -> str | None:
     if not (text.isascii() and text.isdigit()):
-        raise DataError(f"{where}: {what} id {text!r} is not a non-negative integer")
+        return f"{what} id {text!r} is not a non-negative integer"
+    return None
+
+
+def _check_id(where: str, what: str, text: str) -> None:
+    problem = _id_problem(what, text)
+    if problem:
+        raise DataError(f"{where}: {problem}")
 
 
 def _check_header(
@@ -364,57 +457,100 @@ def layout_files(layout: str) -> dict[str, str | None]:
 
 
 def _ratings(path: pathlib.Path, layout: str) -> Iterator[Rating]:
-    name = path.name
+    try:
+        with open(path, "rb") as f:
+            yield from read_ratings(f, path.name, layout)
+    except OSError as e:
+        raise DataError(f"cannot read {path.name}: {e.strerror or e}") from None
+
+
+def read_ratings(
+    f,
+    name: str,
+    layout: str,
+    start: int = 0,
+    end: int | None = None,
+    claim=None,
+    references: tuple[dict, dict, dict] | None = None,
+) -> Iterator[Rating]:
+    """The ratings of the lines that start in bytes [``start``, ``end``) of the open binary
+    file ``f`` (the ratings file ``name`` of ``layout``), validated as :func:`iter_ratings`
+    validates them: a file read in ranges that cover it yields every rating exactly once,
+    the same as :func:`iter_ratings`.
+
+    The line that straddles ``start`` belongs to the range before, the one that straddles
+    ``end`` to this one (it is read to its newline). ``claim`` (a restriction tracker's
+    ``try_claim``) is asked for each line's offset first; a False ends the range early.
+    Only a range that starts at byte 0 knows its line numbers (``Rating.line``, and the
+    messages say ``ratings.csv line 7: ...``) and reads ml-latest's header; elsewhere a
+    message names the byte offset where the bad line starts and quotes it
+    (``ratings.csv line at byte 4096 ('17,42,5.5,978300760'): ...``) and ``Rating.line`` is
+    0. Every rating carries the offset of its line (``Rating.offset``). ``references``,
+    ``(movies, users, files)`` as :func:`check_references` takes them, checks each rating
+    against the catalog and the user file, with the same messages, the place named as
+    above. Only the whole file (``start`` 0, ``end`` and ``claim`` None) is an error when
+    it holds no rating.
+    """
+    whole = start == 0 and end is None and claim is None
     low, high = RATING_RANGE[layout]
     whole_stars = layout != "ml-latest"
     separator = _RATINGS_SEPARATOR[layout]
-    rows = _rows(path, separator)
-    if layout == "ml-latest" and not _check_header(name, rows, _RATINGS_HEADER):
-        raise DataError(f"{name} is empty")
+    place = _Place(name)
+    rows = _split_lines(_lines(f, place, start, end, claim), place, separator)
+    if layout == "ml-latest" and start == 0:
+        numbered = ((place.number, fields) for fields in rows)
+        if not _check_header(name, numbered, _RATINGS_HEADER):
+            if whole:
+                raise DataError(f"{name} is empty")
+            return
     count = 0
-    for number, fields in rows:
+    for fields in rows:
         try:
-            _check_fields(name, number, fields, 4, separator)
+            if len(fields) != 4:
+                raise DataError(_fields_problem(fields, 4, separator))
             user_id, movie_id, rating_text, timestamp_text = fields
-            where = f"{name} line {number}"
             if not user_id:
-                raise DataError(f"{where}: empty user id")
+                raise DataError("empty user id")
             if not movie_id:
-                raise DataError(f"{where}: empty movie id")
+                raise DataError("empty movie id")
             try:
                 rating = float(rating_text)
             except ValueError:
-                raise DataError(f"{where}: rating {rating_text!r} is not a number") from None
+                raise DataError(f"rating {rating_text!r} is not a number") from None
             if not math.isfinite(rating):
-                raise DataError(f"{where}: rating {rating_text!r} is not a number")
+                raise DataError(f"rating {rating_text!r} is not a number")
             if whole_stars and not rating.is_integer():
-                raise DataError(f"{where}: rating {rating_text!r} is not a whole number")
+                raise DataError(f"rating {rating_text!r} is not a whole number")
             if not whole_stars and not (2 * rating).is_integer():
-                raise DataError(f"{where}: rating {rating_text!r} is not a multiple of 0.5")
+                raise DataError(f"rating {rating_text!r} is not a multiple of 0.5")
             if not low <= rating <= high:
-                raise DataError(f"{where}: rating {rating_text!r} outside {low:g}..{high:g}")
+                raise DataError(f"rating {rating_text!r} outside {low:g}..{high:g}")
             if not (timestamp_text.isascii() and timestamp_text.isdigit()):
-                raise DataError(
-                    f"{where}: timestamp {timestamp_text!r} is not a non-negative integer"
-                )
+                raise DataError(f"timestamp {timestamp_text!r} is not a non-negative integer")
             timestamp = int(timestamp_text)
             if timestamp > _MILLISECONDS_THRESHOLD:
                 if timestamp > 1000 * _MILLISECONDS_THRESHOLD:
                     raise DataError(
-                        f"{where}: timestamp {timestamp_text!r} is neither seconds nor"
-                        " milliseconds since 1970"
+                        f"timestamp {timestamp_text!r} is neither seconds nor milliseconds"
+                        " since 1970"
                     )
                 timestamp //= 1000
             if not (  # one test for both ids: this is the hot loop
                 user_id.isdigit() and movie_id.isdigit() and (user_id + movie_id).isascii()
             ):
-                _check_id(where, "user", user_id)
-                _check_id(where, "movie", movie_id)
+                raise DataError(_id_problem("user", user_id) or _id_problem("movie", movie_id))
+            item = Rating(user_id, movie_id, rating, timestamp, place.number, place.offset)
+            if references:
+                problem = _reference_problem(item, *references)
+                if problem:
+                    raise DataError(problem)
         except DataError as e:
-            raise _header_hinted(e, name, fields, layout == "ml-latest") from None
+            raise _header_hinted(
+                DataError(f"{place}: {e}"), name, fields, layout == "ml-latest"
+            ) from None
         count += 1
-        yield Rating(user_id, movie_id, rating, timestamp, number)
-    if not count:
+        yield item
+    if whole and not count:
         raise DataError(
             f"{name} is empty" if layout != "ml-latest" else f"{name} is empty (header only)"
         )
@@ -573,6 +709,17 @@ def read_users(data_dir: PathLike, layout: str | None = None) -> dict[str, User]
 # --- references and pre-flight ------------------------------------------------------------
 
 
+def _reference_problem(
+    rating: Rating, movies: dict[str, Movie], users: dict[str, User], files: dict
+) -> str | None:
+    if rating.movie_id not in movies:
+        return (f"movie {rating.movie_id!r} (rated by user {rating.user_id!r}) is not in"
+                f" {files['movies']}")
+    if users and rating.user_id not in users:
+        return f"user {rating.user_id!r} is not in {files['users']}"
+    return None
+
+
 def check_references(
     rating: Rating, movies: dict[str, Movie], users: dict[str, User], files: dict
 ) -> None:
@@ -580,22 +727,18 @@ def check_references(
     layout has a user file (``users`` not empty), its user is not in it.
 
     ``files`` is :func:`layout_files`'s mapping (``"ratings"`` naming the file the rating
-    came from); the message names that file and the rating's line.
+    came from); the message names that file and the rating's line (or, for a rating read
+    from a range of the file that does not start at its first byte, the line's offset).
     """
-    if rating.movie_id not in movies:
-        raise DataError(
-            f"{_where(files['ratings'], rating)}: movie {rating.movie_id!r} (rated by user "
-            f"{rating.user_id!r}) is not in {files['movies']}"
-        )
-    if users and rating.user_id not in users:
-        raise DataError(
-            f"{_where(files['ratings'], rating)}: user {rating.user_id!r} is not in"
-            f" {files['users']}"
-        )
+    problem = _reference_problem(rating, movies, users, files)
+    if problem:
+        raise DataError(f"{_where(files['ratings'], rating)}: {problem}")
 
 
 def _where(name: str, rating: Rating) -> str:
-    return f"{name} line {rating.line}" if rating.line else name
+    if rating.line:
+        return f"{name} line {rating.line}"
+    return f"{name} line at byte {rating.offset}" if rating.offset >= 0 else name
 
 
 def preflight(
@@ -761,5 +904,6 @@ __all__ = [
     "preflight",
     "ratings_path",
     "read_movies",
+    "read_ratings",
     "read_users",
 ]
