@@ -368,7 +368,7 @@ class RatingModel(tf.keras.layers.Layer):
         self.heads = [_RatingHead(vocab, hp, mean_rating, history, raters,
                                   name=f"rating_head_{i}")
                       for i in range(count)]
-        # set after training (trainer.run.attach_neighborhood); never part of the loss
+        # set after training (trainer.fit.attach_neighborhood); never part of the loss
         self.neighborhood = None
 
     def call(self, features, query_embedding, candidate_embedding, training=False):
