@@ -132,7 +132,8 @@ class Ratings:
 
 
 def training_dataset(ratings: Ratings, hp, shuffle: bool = True):
-    """The batches the model trains (or validates) on: hp.batch_size ratings each."""
+    """The batches the model trains (or validates) on: hp.batch_size ratings each, the
+    global batch when training is distributed (trainer/distribution.py)."""
     return ratings.dataset(hp.batch_size, shuffle=shuffle, seed=hp.seed)
 
 

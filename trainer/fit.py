@@ -1,6 +1,6 @@
 """Fitting: the multitask model built from the training ratings' statistics, trained with
-Keras, early stopping on a validation split, and the residual neighbourhood computed after
-training."""
+Keras (optionally under a tf.distribute strategy, trainer/distribution.py), early stopping
+on a validation split, and the residual neighbourhood computed after training."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from trainer import distribution
 from trainer import features as F
 from trainer import neighborhood
 from trainer.data import READ_BATCH, Ratings, training_dataset
@@ -54,7 +55,8 @@ class _LogEpochs(tf.keras.callbacks.Callback):
 def build_model(train: Ratings, vocab: Vocab, hp: HParams):
     """(compiled multitask model, rating count per movie_id_xf): the model gets the
     statistics it needs from the training rows (movie sampling probabilities for logQ,
-    users' histories, the mean rating)."""
+    users' histories, the mean rating). Under a strategy's scope, its variables are
+    mirrored."""
     tf.keras.utils.set_random_seed(hp.seed)
     counts = np.bincount(train[F.MOVIE_ID_XF], minlength=vocab.sizes[F.MOVIE_ID_XF])
     log_prob = np.log((counts + 1.0) / (counts.sum() + len(counts)))
@@ -66,6 +68,7 @@ def build_model(train: Ratings, vocab: Vocab, hp: HParams):
     model = MovieRecModel(vocab, hp, movie_log_prob=log_prob,
                           mean_rating=float(np.mean(train[F.RATING_XF])), history=history,
                           raters=raters)
+    # one step per global batch, however many replicas share it
     steps_per_epoch = -(-len(train) // hp.batch_size)
     model.compile(optimizer=hp.make_optimizer(
         steps_per_epoch * hp.epochs_for(len(train))))
@@ -74,18 +77,26 @@ def build_model(train: Ratings, vocab: Vocab, hp: HParams):
 
 def fit(train: Ratings, vocab: Vocab, hp: HParams, validation: Ratings | None = None,
         callbacks=(), initialize=None):
-    """Builds and trains the multitask model on transformed columns. `initialize(model)`,
-    when given, runs on the built model before training (warm start)."""
-    model, counts = build_model(train, vocab, hp)
+    """Builds and trains the multitask model on transformed columns, under
+    hp.distribution's strategy when one is set. `initialize(model)`, when given, runs on
+    the built model before training (warm start)."""
+    strategy = distribution.strategy(hp.distribution)
+    with distribution.scope(strategy):
+        model, counts = build_model(train, vocab, hp)
     dataset = training_dataset(train, hp)
     if initialize is not None:
-        model(next(iter(dataset)))  # creates the variables
-        initialize(model)
+        with distribution.scope(strategy):
+            model(next(iter(dataset)))  # creates the variables
+        initialize(model)  # assigns them (on every replica)
     steps = {}
     if hp.max_steps:
         dataset, steps = dataset.repeat(), {"steps_per_epoch": hp.max_steps}
     validation_data = (training_dataset(validation, hp, shuffle=False)
                        if validation is not None else None)
+    if strategy is not None:
+        dataset = distribution.shard_by_data(dataset, strategy)
+        if validation_data is not None:
+            validation_data = distribution.shard_by_data(validation_data, strategy)
     history = model.fit(
         dataset, epochs=1 if hp.max_steps else hp.epochs_for(len(train)),
         verbose=0, **steps,
@@ -97,7 +108,9 @@ def fit(train: Ratings, vocab: Vocab, hp: HParams, validation: Ratings | None = 
 
 def attach_neighborhood(model, train: Ratings, vocab: Vocab, hp: HParams) -> float:
     """Gives the trained model's rating its residual neighbourhood (trainer/neighborhood.py)
-    built from its errors on `train`; returns the seconds it took (0 when off)."""
+    built from its errors on `train`; returns the seconds it took (0 when off). Plain
+    numpy and one traced function, outside any strategy: every worker computes the same
+    (the trained weights are the same on all of them)."""
     if not (hp.residual_knn_weight or hp.residual_session_weight):
         return 0.0
     started = time.time()

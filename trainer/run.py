@@ -3,7 +3,8 @@ composes the Trainer's rooms:
 
 - trainer/data.py: input (examples read through tf.io.gfile, the Transform layer applied
   once, the training ratings held in memory);
-- trainer/fit.py: the model built and trained, the residual neighbourhood after training;
+- trainer/fit.py: the model built and trained (optionally distributed,
+  trainer/distribution.py), the residual neighbourhood after training;
 - trainer/export.py: the exported SavedModel and its signatures.
 """
 
@@ -16,7 +17,7 @@ import time
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from trainer import data, export
+from trainer import data, distribution, export
 from trainer import features as F
 from trainer.fit import attach_neighborhood, fit
 from trainer.model import HParams, Vocab
@@ -28,9 +29,13 @@ def train_and_export(train_files, catalog_files, transform_output: str, serving_
     """Everything run_fn does, callable without TFX: trains on `train_files`, exports the
     SavedModel with the catalog of `catalog_files` to `serving_dir`, and returns the
     training summary (also written to LOG_DIR/training.json): the per-epoch history, the
-    hyperparameters, example counts, epochs, catalog size, seconds.
-    base_model: an exported model to warm-start from (trainer.warm_start)."""
+    hyperparameters, example counts, epochs, catalog size, replicas, seconds.
+    base_model: an exported model to warm-start from (trainer.warm_start).
+    With hp.distribution, every worker runs this; only the chief writes serving_dir and
+    log_dir."""
     started = time.time()
+    # first: a multi-worker strategy configures TensorFlow's runtime before anything runs
+    strategy = distribution.strategy(hp.distribution)
     tft_output = tft.TFTransformOutput(transform_output)
     tft_layer = tft_output.transform_features_layer()
     vocab = Vocab.from_tft_output(tft_output)
@@ -49,22 +54,26 @@ def train_and_export(train_files, catalog_files, transform_output: str, serving_
                                  initialize=initialize if base_model else None)
     neighborhood_seconds = attach_neighborhood(model, train, vocab, hp)
     catalog, catalog_xf_ids = data.load_catalog(data.tfrecord_files(catalog_files), tft_layer)
-    module = export.MovieRecExport(model, tft_layer, catalog, users,
-                                   popularity=counts[catalog_xf_ids], index=hp.index)
-    export.save(module, serving_dir)
+    chief = distribution.is_chief(strategy)
+    if chief:
+        module = export.MovieRecExport(model, tft_layer, catalog, users,
+                                       popularity=counts[catalog_xf_ids], index=hp.index)
+        export.save(module, serving_dir)
     history = {k: [float(x) for x in v] for k, v in history.items()}
     summary = {"history": history, "hparams": json.loads(hp.to_json()),
                "train_examples": int(len(train)),
                "epochs": hp.epochs_for(len(train)),
                "validation_examples": len(validation) if validation is not None else 0,
                "catalog_size": int(len(catalog_xf_ids)),
+               "replicas": distribution.replicas(strategy),
                "neighborhood_seconds": round(neighborhood_seconds, 1),
                "warm_start": {"base_model": base_model, **warm} if base_model else None,
                "seconds": round(time.time() - started, 1)}
-    if log_dir:
+    if log_dir and chief:
         tf.io.gfile.makedirs(log_dir)
         with tf.io.gfile.GFile(os.path.join(log_dir, "training.json"), "w") as f:
             json.dump(summary, f, indent=1)
+    distribution.barrier(strategy)  # the other workers wait for the chief's export
     return summary
 
 
