@@ -251,19 +251,19 @@ def test_early_stopping_keeps_the_best_validation_epoch(example_files, transform
     training stopped."""
     import tensorflow_transform as tft
 
-    from trainer import run
+    from trainer import data, fit
 
     hp = HParams.from_dict({**SMALL, "epochs": 8, "learning_rate": 0.05,
                             "validation_fraction": 0.2, "early_stopping_patience": 1})
     tft_output = tft.TFTransformOutput(transform_dir)
-    ratings, _ = run.load_ratings(run.tfrecord_files(example_files["train"]),
-                                  tft_output.transform_features_layer())
-    train, validation = run.split_validation(ratings, hp.validation_fraction, hp.seed)
+    ratings, _ = data.load_ratings(data.tfrecord_files(example_files["train"]),
+                                   tft_output.transform_features_layer())
+    train, validation = data.split_validation(ratings, hp.validation_fraction, hp.seed)
     vocab = Vocab.from_tft_output(tft_output)
-    model, _, history = run.fit(train, vocab, hp, validation)
-    objective = history[run.VAL_OBJECTIVE]
+    model, _, history = fit.fit(train, vocab, hp, validation)
+    objective = history[fit.VAL_OBJECTIVE]
     assert 1 <= len(objective) <= 8
-    final = model.evaluate(run.training_dataset(validation, hp, shuffle=False),
+    final = model.evaluate(data.training_dataset(validation, hp, shuffle=False),
                            return_dict=True, verbose=0)
     # the Keras metrics average over batches as the epoch-end validation did
     np.testing.assert_allclose(final["rmse"] + final["retrieval_loss"] / hp.batch_size,

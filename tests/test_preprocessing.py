@@ -15,7 +15,7 @@ def tft_output(transform_dir):
 
 @pytest.fixture(scope="module")
 def transformed(tft_output, example_files):
-    from trainer.run import raw_batches
+    from trainer.data import raw_batches
 
     layer = tft_output.transform_features_layer()
     batch = next(iter(raw_batches([example_files["train"]], F.RATING_EXAMPLE_FEATURES)))

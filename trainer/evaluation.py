@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from trainer import features as F
 from trainer import signatures as S
+from trainer.data import tfrecord_files
 
 TOP_KS = (1, 5, 10, 50, 100)
 USER_KS = (10, 100)
@@ -36,8 +37,6 @@ _SPEC = F.raw_feature_spec((F.QUERY_FEATURES[0], F.QUERY_FEATURES[1],
 def serialized_batches(files, batch_size: int = 2048, max_examples: int = 0, seed: int = 0):
     """Batches of serialized examples from gzipped TFRecords; a seeded sample of about
     max_examples of them when max_examples > 0."""
-    from trainer.run import tfrecord_files  # local: avoids a cycle
-
     ds = tf.data.TFRecordDataset(tfrecord_files(files), compression_type="GZIP")
     if max_examples > 0:
         total = int(ds.reduce(np.int64(0), lambda n, _: n + 1))

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from trainer import distribution
 from trainer import features as F
 
 
@@ -84,6 +85,9 @@ class HParams:
     # With a validation split: stop when the validation objective (RMSE + retrieval loss
     # per example) has not improved for this many epochs; keep the best epoch (0: off).
     early_stopping_patience: int = 0
+    # "" / "none": one device; "mirrored": this machine's devices; "multi_worker": the
+    # workers TF_CONFIG names (trainer/distribution.py). batch_size stays the global batch.
+    distribution: str = ""
     seed: int = 42
 
     @classmethod
@@ -102,6 +106,7 @@ class HParams:
             raise ValueError("index must be 'brute_force' or 'scann'")
         if values.get("rating_tower", "separate") not in ("shared", "separate"):
             raise ValueError("rating_tower must be 'shared' or 'separate'")
+        distribution.check(values.get("distribution", ""))
         if (values.get("early_stopping_patience", 0) > 0
                 and values.get("validation_fraction", 0) <= 0):
             raise ValueError("early_stopping_patience needs a validation split: set "
@@ -368,7 +373,7 @@ class RatingModel(tf.keras.layers.Layer):
         self.heads = [_RatingHead(vocab, hp, mean_rating, history, raters,
                                   name=f"rating_head_{i}")
                       for i in range(count)]
-        # set after training (trainer.run.attach_neighborhood); never part of the loss
+        # set after training (trainer.fit.attach_neighborhood); never part of the loss
         self.neighborhood = None
 
     def call(self, features, query_embedding, candidate_embedding, training=False):
@@ -406,8 +411,17 @@ class MovieRecModel(tfrs.Model):
             remove_accidental_hits=hp.remove_accidental_hits)
         # per-task losses in the logs (retrieval_loss is summed over the batch, as TFRS does)
         self.retrieval_loss_tracker = tf.keras.metrics.Mean(name="retrieval_loss")
+        # Built under a tf.distribute strategy's scope (trainer/distribution.py): each
+        # replica computes the loss of its slice of the global batch (_replica_loss).
+        self._distributed = tf.distribute.has_strategy()
+        if self._distributed:
+            # every logged value is the global batch's on each replica (_step_logs): Keras
+            # takes the first replica's (its "auto" sums them over workers, metrics too)
+            self.distribute_reduction_method = "first"
         self.rating_task = tfrs.tasks.Ranking(
-            loss=tf.keras.losses.MeanSquaredError(),
+            loss=tf.keras.losses.MeanSquaredError(
+                # Keras refuses a batch-mean loss under a strategy: the slice's sum here
+                **({"reduction": tf.keras.losses.Reduction.SUM} if self._distributed else {})),
             metrics=[tf.keras.metrics.RootMeanSquaredError(name="rmse")])
 
     def call(self, features, training=False):
@@ -424,6 +438,8 @@ class MovieRecModel(tfrs.Model):
         if self.hp.remove_accidental_hits:
             kwargs["candidate_ids"] = movie
         retrieval_loss = self.retrieval_task(q, c, compute_metrics=False, **kwargs)
+        if self._distributed:
+            return self._replica_loss(retrieval_loss, features, rating)
         self.retrieval_loss_tracker.update_state(retrieval_loss)
         labels = tf.reshape(features[F.RATING_XF], [-1])
         rating_loss = self.rating_task(labels=labels, predictions=rating)
@@ -431,3 +447,63 @@ class MovieRecModel(tfrs.Model):
             rating_loss = tf.reduce_mean((self.rating_model.members - labels[:, None]) ** 2)
         return (self.hp.retrieval_weight * retrieval_loss
                 + self.hp.rating_weight * rating_loss)
+
+    # ------------------------------------------------------- under a tf.distribute strategy
+    def _replica_loss(self, retrieval_loss, features, rating):
+        """One replica's loss, scaled so that the replicas' losses, and the gradients the
+        optimizer sums over them, add up to the global batch's as one device computes it.
+        The retrieval loss is already a sum over the replica's slice (TFRS); its in-batch
+        negatives are the slice's own candidates (tfrs.tasks.Retrieval gathers nothing
+        across replicas), batch_size / replicas of them. The rating loss becomes the
+        slice's squared errors over the global batch's count of ratings."""
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        # logged per global batch: the mean over replicas of `replicas` x the slice's sum
+        self.retrieval_loss_tracker.update_state(retrieval_loss * replicas)
+        labels = tf.reshape(features[F.RATING_XF], [-1])
+        count = tf.cast(tf.size(labels), tf.float32)
+        if replicas > 1:
+            count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+        squared = self.rating_task(labels=labels[:, None], predictions=rating[:, None])
+        if len(self.rating_model.heads) > 1:  # train each head on its own error
+            squared = (tf.reduce_sum((self.rating_model.members - labels[:, None]) ** 2)
+                       / len(self.rating_model.heads))
+        rating_loss = tf.math.divide_no_nan(squared, count)
+        return (self.hp.retrieval_weight * retrieval_loss
+                + self.hp.rating_weight * rating_loss)
+
+    def _regularization(self):
+        """The replica's share of the regularization losses (the replicas' gradients are
+        summed)."""
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        return tf.add_n(self.losses) / replicas if self.losses else tf.constant(0.0)
+
+    def train_step(self, inputs):
+        if not self._distributed:
+            return super().train_step(inputs)
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(inputs, training=True)
+            regularization_loss = self._regularization()
+            total_loss = loss + regularization_loss
+        gradients = tape.gradient(total_loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        return self._step_logs(loss, regularization_loss, total_loss)
+
+    def test_step(self, inputs):
+        if not self._distributed:
+            return super().test_step(inputs)
+        loss = self.compute_loss(inputs, training=False)
+        regularization_loss = self._regularization()
+        return self._step_logs(loss, regularization_loss, loss + regularization_loss)
+
+    def _step_logs(self, loss, regularization_loss, total_loss):
+        """The step's logs, the same on every replica: the metrics (aggregated over the
+        replicas by Keras) and the global batch's losses (the replicas' sum)."""
+        losses = [loss, regularization_loss, total_loss]
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            losses = context.all_reduce(tf.distribute.ReduceOp.SUM, losses)
+        logs = {metric.name: metric.result() for metric in self.metrics}
+        logs.update(zip(("loss", "regularization_loss", "total_loss"), losses))
+        return logs

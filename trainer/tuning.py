@@ -3,7 +3,7 @@
 The search runs on a validation split carved out of the *training* split (never the eval
 split) and minimises the validation RMSE plus the validation retrieval loss per example
 (both tasks count). The space is declared once, in SEARCH_SPACE; the Trainer takes the best
-values through its `hyperparameters` input (see run.hparams_for).
+values through its `hyperparameters` input (see trainer.run.hparams_for).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import keras_tuner
 import tensorflow_transform as tft
 from tfx.components.tuner.component import TunerFnResult
 
-from trainer import run
+from trainer import data, fit
 from trainer.model import HParams, Vocab
 
 # name -> the values tried. Every name is a field of trainer.model.HParams.
@@ -23,7 +23,7 @@ SEARCH_SPACE = {
     "embedding_dim": [32, 64],
     "history_len": [100, 200],
 }
-OBJECTIVE = run.VAL_OBJECTIVE
+OBJECTIVE = fit.VAL_OBJECTIVE
 
 
 class MovieRecTuner(keras_tuner.engine.base_tuner.BaseTuner):
@@ -40,7 +40,7 @@ class MovieRecTuner(keras_tuner.engine.base_tuner.BaseTuner):
     def run_trial(self, trial, x=None, validation_data=None, epochs=1, **_):
         model = self._build_model(trial.hyperparameters.values)
         history = model.fit(x, validation_data=validation_data, epochs=epochs, verbose=0,
-                            callbacks=[run.ValidationObjective(self._batch)])
+                            callbacks=[fit.ValidationObjective(self._batch)])
         return {OBJECTIVE: float(history.history[OBJECTIVE][-1])}
 
     def save_model(self, trial_id, model, step=0):
@@ -64,13 +64,13 @@ def tuner_fn(fn_args) -> TunerFnResult:
     base = HParams.from_dict(base_values)
     tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     vocab = Vocab.from_tft_output(tft_output)
-    ratings, _ = run.load_ratings(run.tfrecord_files(fn_args.train_files),
-                                  tft_output.transform_features_layer())
-    train, validation = run.split_validation(ratings, base.validation_fraction or 0.1,
-                                             base.seed)
+    ratings, _ = data.load_ratings(data.tfrecord_files(fn_args.train_files),
+                                   tft_output.transform_features_layer())
+    train, validation = data.split_validation(ratings, base.validation_fraction or 0.1,
+                                              base.seed)
 
     def build(values):
-        return run.build_model(train, vocab, HParams.from_dict({**base_values, **values}))[0]
+        return fit.build_model(train, vocab, HParams.from_dict({**base_values, **values}))[0]
 
     oracle = keras_tuner.oracles.RandomSearchOracle(
         objective=keras_tuner.Objective(OBJECTIVE, "min"),
@@ -79,7 +79,7 @@ def tuner_fn(fn_args) -> TunerFnResult:
     tuner = MovieRecTuner(build, base.batch_size, oracle=oracle, overwrite=True,
                           directory=fn_args.working_dir, project_name="movierec_tuning")
     return TunerFnResult(tuner=tuner, fit_kwargs={
-        "x": run.training_dataset(train, base),
-        "validation_data": run.training_dataset(validation, base, shuffle=False),
+        "x": data.training_dataset(train, base),
+        "validation_data": data.training_dataset(validation, base, shuffle=False),
         "epochs": base.epochs_for(len(train)),
     })

@@ -1,0 +1,135 @@
+"""Fitting: the multitask model built from the training ratings' statistics, trained with
+Keras (optionally under a tf.distribute strategy, trainer/distribution.py), early stopping
+on a validation split, and the residual neighbourhood computed after training."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import distribution
+from trainer import features as F
+from trainer import neighborhood
+from trainer.data import READ_BATCH, Ratings, training_dataset
+from trainer.model import HParams, MovieRecModel, Vocab, user_history
+
+VAL_OBJECTIVE = "val_objective"
+
+
+class ValidationObjective(tf.keras.callbacks.Callback):
+    """Adds val_objective = val_rmse + the validation retrieval loss per example: both
+    tasks count (the Tuner minimises it, early stopping watches it)."""
+
+    def __init__(self, batch_size: int):
+        super().__init__()
+        self._batch = batch_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and "val_rmse" in logs:
+            logs[VAL_OBJECTIVE] = logs["val_rmse"] + logs["val_retrieval_loss"] / self._batch
+
+
+def early_stopping(hp: HParams) -> list:
+    """Callbacks that stop training when the validation objective stops improving and keep
+    the best epoch's weights (when hp.early_stopping_patience > 0)."""
+    if hp.early_stopping_patience <= 0:
+        return []
+    return [ValidationObjective(hp.batch_size),
+            tf.keras.callbacks.EarlyStopping(monitor=VAL_OBJECTIVE, mode="min",
+                                             patience=hp.early_stopping_patience,
+                                             restore_best_weights=True)]
+
+
+class _LogEpochs(tf.keras.callbacks.Callback):
+    """One log line per epoch (the CLI sends logs to the run's log file)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        logging.getLogger("movierec.trainer").info(
+            "epoch %d: %s", epoch + 1,
+            " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items())))
+
+
+def build_model(train: Ratings, vocab: Vocab, hp: HParams):
+    """(compiled multitask model, rating count per movie_id_xf): the model gets the
+    statistics it needs from the training rows (movie sampling probabilities for logQ,
+    users' histories, the mean rating). Under a strategy's scope, its variables are
+    mirrored."""
+    tf.keras.utils.set_random_seed(hp.seed)
+    counts = np.bincount(train[F.MOVIE_ID_XF], minlength=vocab.sizes[F.MOVIE_ID_XF])
+    log_prob = np.log((counts + 1.0) / (counts.sum() + len(counts)))
+    history = user_history(train[F.USER_ID_XF], train[F.MOVIE_ID_XF], train[F.TIMESTAMP_S_XF],
+                           train[F.RATING_XF], vocab.sizes[F.USER_ID_XF], hp.history_len)
+    raters = user_history(train[F.MOVIE_ID_XF], train[F.USER_ID_XF], train[F.TIMESTAMP_S_XF],
+                          train[F.RATING_XF], vocab.sizes[F.MOVIE_ID_XF],
+                          hp.rater_history_len) if hp.rater_history_len else None
+    model = MovieRecModel(vocab, hp, movie_log_prob=log_prob,
+                          mean_rating=float(np.mean(train[F.RATING_XF])), history=history,
+                          raters=raters)
+    # one step per global batch, however many replicas share it
+    steps_per_epoch = -(-len(train) // hp.batch_size)
+    model.compile(optimizer=hp.make_optimizer(
+        steps_per_epoch * hp.epochs_for(len(train))))
+    return model, counts
+
+
+def fit(train: Ratings, vocab: Vocab, hp: HParams, validation: Ratings | None = None,
+        callbacks=(), initialize=None):
+    """Builds and trains the multitask model on transformed columns, under
+    hp.distribution's strategy when one is set. `initialize(model)`, when given, runs on
+    the built model before training (warm start)."""
+    strategy = distribution.strategy(hp.distribution)
+    with distribution.scope(strategy):
+        model, counts = build_model(train, vocab, hp)
+    dataset = training_dataset(train, hp)
+    if initialize is not None:
+        with distribution.scope(strategy):
+            model(next(iter(dataset)))  # creates the variables
+        initialize(model)  # assigns them (on every replica)
+    steps = {}
+    if hp.max_steps:
+        dataset, steps = dataset.repeat(), {"steps_per_epoch": hp.max_steps}
+    validation_data = (training_dataset(validation, hp, shuffle=False)
+                       if validation is not None else None)
+    if strategy is not None:
+        dataset = distribution.shard_by_data(dataset, strategy)
+        if validation_data is not None:
+            validation_data = distribution.shard_by_data(validation_data, strategy)
+    history = model.fit(
+        dataset, epochs=1 if hp.max_steps else hp.epochs_for(len(train)),
+        verbose=0, **steps,
+        validation_data=validation_data,
+        callbacks=(early_stopping(hp) if validation is not None else [])
+        + [_LogEpochs()] + list(callbacks))
+    return model, counts, history.history
+
+
+def attach_neighborhood(model, train: Ratings, vocab: Vocab, hp: HParams) -> float:
+    """Gives the trained model's rating its residual neighbourhood (trainer/neighborhood.py)
+    built from its errors on `train`; returns the seconds it took (0 when off). Plain
+    numpy and one traced function, outside any strategy: every worker computes the same
+    (the trained weights are the same on all of them)."""
+    if not (hp.residual_knn_weight or hp.residual_session_weight):
+        return 0.0
+    started = time.time()
+    separate = hp.rating_tower == "separate"  # the rating path alone: no retrieval towers
+
+    @tf.function
+    def rate(batch):
+        q = None if separate else model.query_tower(batch, training=False)
+        c = None if separate else model.candidate_tower(batch, training=False)
+        return model.rating_model(batch, q, c, training=False)
+
+    predicted = np.concatenate([rate(batch).numpy() for batch in train.dataset(READ_BATCH)])
+    users, movies = train[F.USER_ID_XF], train[F.MOVIE_ID_XF]
+    similar, similarity = neighborhood.similar_movies(
+        users, movies, train[F.RATING_XF], vocab.sizes[F.MOVIE_ID_XF], hp.residual_neighbors)
+    model.rating_model.neighborhood = neighborhood.ResidualNeighborhood(
+        users, movies, train[F.TIMESTAMP_S_XF], train[F.RATING_XF] - predicted,
+        similar, similarity, knn_weight=hp.residual_knn_weight,
+        session_weight=hp.residual_session_weight, session_tau=hp.residual_session_tau)
+    seconds = time.time() - started
+    logging.getLogger("movierec.trainer").info("residual neighbourhood: %.1f s", seconds)
+    return seconds
