@@ -35,7 +35,9 @@ class RetrievalEvaluation(types.Artifact):
 
 
 def read_metrics(artifact_uri: str) -> dict:
-    with open(os.path.join(artifact_uri, METRICS_FILE)) as f:
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(os.path.join(artifact_uri, METRICS_FILE)) as f:
         return json.load(f)
 
 
@@ -83,8 +85,10 @@ def RetrievalEvaluator(
 
     metrics = measure(model)
     baseline = measure(baseline_model) if baseline_model is not None else None
-    os.makedirs(evaluation.uri, exist_ok=True)
-    with open(os.path.join(evaluation.uri, METRICS_FILE), "w") as f:
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(evaluation.uri)
+    with tf.io.gfile.GFile(os.path.join(evaluation.uri, METRICS_FILE), "w") as f:
         json.dump({**metrics, **({f"baseline_{k}": v for k, v in baseline.items()}
                                  if baseline else {})}, f, indent=1, sort_keys=True)
     for name, value in metrics.items():
