@@ -123,7 +123,36 @@ class PipelineConfig:
         if self.beam_workers and self.beam_workers > 1:
             args += ["--direct_running_mode=multi_processing",
                      f"--direct_num_workers={self.beam_workers}"]
+        if (_runner_name(args) in JOB_SERVICE_RUNNERS
+                and _beam_option(args, "--job_server_timeout", "--job-server-timeout") is None):
+            args.append(f"--job_server_timeout={JOB_SERVER_TIMEOUT_S}")
         return args
+
+
+# Runners that hand the job to a job service and watch it from there: PortableRunner and
+# the runners built on it (Beam's names, lower case, without "runner"). Beam stops
+# watching a job after --job_server_timeout seconds (60 by default, less than Transform
+# takes on ML-100K) with "Deadline Exceeded" while the job goes on running, so unless the
+# args say otherwise a Beam component's job may take a day.
+JOB_SERVICE_RUNNERS = ("portable", "flink", "spark", "prism")
+JOB_SERVER_TIMEOUT_S = 24 * 3600
+
+
+def _beam_option(args: Sequence[str], *names: str) -> str | None:
+    """The value of the last of `names` in Beam args (`--name=VALUE` or `--name VALUE`)."""
+    value = None
+    for i, arg in enumerate(args):
+        name, sep, given = arg.partition("=")
+        if name in names:
+            value = given if sep else (args[i + 1] if i + 1 < len(args) else "")
+    return value
+
+
+def _runner_name(args: Sequence[str]) -> str:
+    """The runner the Beam args name, as Beam resolves it: the class name, lower case,
+    without "runner" ('portable' for --runner=PortableRunner); '' for the default."""
+    name = (_beam_option(args, "--runner") or "").rsplit(".", 1)[-1].lower()
+    return name[:-len("runner")] if name.endswith("runner") else name
 
 
 def code_fingerprint(*modules: str) -> str:
