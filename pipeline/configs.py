@@ -432,6 +432,9 @@ def from_options(options: Mapping[str, Any], local_data: bool = False) -> Pipeli
     if "eval_fraction" in values and not 0 < values["eval_fraction"] < 1:
         raise UserError(f"eval_fraction must be between 0 and 1, got "
                         f"{values['eval_fraction']}")
+    if "://" in str(values["output_dir"]):
+        raise UserError(f"output_dir must be a local directory (it holds the run's lock and "
+                        f"logs), not {values['output_dir']!r}")
     values["output_dir"] = os.path.abspath(os.path.expanduser(values["output_dir"]))
     if "pipeline_name" in values:
         values["pipeline_name"] = _pipeline_name(values["pipeline_name"])

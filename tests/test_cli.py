@@ -68,3 +68,12 @@ def test_a_second_run_on_a_busy_output_dir_refuses(tmp_path, ml100k_dir, capsys)
 def test_inspect_without_a_store(tmp_path, capsys):
     rc, err = _run(capsys, "inspect", "metrics", "--output-dir", str(tmp_path))
     assert rc == 2 and "no metadata store" in err
+
+
+def test_an_object_store_output_dir_is_refused(tmp_path, ml100k_dir, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, err = _run(capsys, "run", "--data-dir", str(ml100k_dir), "--output-dir",
+                   "gs://bucket/out")
+    assert rc == 2 and err == ("movierec: error: output_dir must be a local directory (it "
+                               "holds the run's lock and logs), not 'gs://bucket/out'")
+    assert os.listdir(tmp_path) == []  # no ./gs: directory
