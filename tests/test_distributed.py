@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import SMALL_HPARAMS
+from test_model import _batch, _vocab  # the model tests' tiny vocabulary and batch
 
 from trainer import distribution, evaluation, saved_model
 from trainer import features as F
-from trainer.model import HParams, MovieRecModel, Vocab
+from trainer.model import HParams, MovieRecModel
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distributed_worker.py"
@@ -174,34 +175,13 @@ def test_multi_worker_after_other_tensorflow_work_fails_at_once(tmp_path):
     assert "Collective ops must be configured at program startup" in done.stderr
 
 
-def _vocab():
-    sizes = {key: 20 for key in F.VOCABS}
-    sizes.update({F.TIMESTAMP_BUCKET_XF: 11, F.YEAR_BUCKET_XF: 22, F.AGE_BUCKET_XF: 8})
-    return Vocab(sizes)
-
-
-def _batch(n=48, seed=0):
-    rng = np.random.default_rng(seed)
-    batch = {key: rng.integers(0, 19, size=n) for key in
-             (F.USER_ID_XF, F.MOVIE_ID_XF, F.GENDER_XF, F.OCCUPATION_XF, F.ZIP_PREFIX_XF)}
-    batch[F.TIMESTAMP_BUCKET_XF] = rng.integers(0, 10, size=n)
-    batch[F.YEAR_BUCKET_XF] = rng.integers(0, 21, size=n)
-    batch[F.AGE_BUCKET_XF] = rng.integers(0, 8, size=n)
-    batch[F.TIMESTAMP_Z_XF] = rng.normal(size=n).astype(np.float32)
-    batch[F.TIMESTAMP_S_XF] = rng.uniform(0, 86400 * 30, size=n).astype(np.float32)
-    batch[F.TITLE_TOKENS_XF] = rng.integers(0, 19, size=(n, F.TITLE_TOKENS_LEN))
-    batch[F.GENRES_XF] = rng.integers(0, 19, size=(n, F.GENRES_LEN))
-    batch[F.RATING_XF] = rng.integers(1, 6, size=n).astype(np.float32)
-    return {k: tf.constant(v) for k, v in batch.items()}
-
-
 @pytest.mark.parametrize("heads", [1, 2])
 def test_a_replicas_loss_is_the_single_device_loss_on_one_replica(heads):
     """The loss a replica computes under a strategy (the rating loss as a sum over the
     replica's slice divided by the global count, Keras refusing batch means there) equals
     the one-device loss when one replica holds the whole batch."""
     hp = HParams(rating_heads=heads, l2=1e-3, **SMALL_HPARAMS)
-    batch = _batch()
+    batch = _batch(48)
     log_prob = np.log(np.full(20, 1 / 20))
     plain = MovieRecModel(_vocab(), hp, movie_log_prob=log_prob, mean_rating=3.0)
     plain(batch)
