@@ -26,6 +26,11 @@ movierec run prints after "movierec: error: ">``:
 ``MOVIEREC_START_DATE`` (default ``2025-01-01``)
     ISO date (or date-time, UTC unless it has an offset) of the first schedule interval.
     Catch-up is off: only the latest interval runs, never a backlog.
+``MOVIEREC_RETRIES`` (default ``1``)
+    How many times Airflow runs a task again after it failed or its process died (see
+    "Retries"); ``0`` for none.
+``MOVIEREC_RETRY_DELAY`` (default ``60``)
+    Seconds before such a retry.
 ``MOVIEREC_SPLIT`` (default ``random``)
     ``random``, ``time`` or ``fold:NAME``, as ``--split``.
 ``MOVIEREC_SEED`` (default ``42``)
@@ -114,6 +119,7 @@ import collections
 import datetime
 import functools
 import json
+import math
 import os
 import pathlib
 import select
@@ -134,6 +140,8 @@ from pipeline.errors import UserError  # noqa: E402
 
 DEFAULT_SCHEDULE = "@daily"
 DEFAULT_START_DATE = "2025-01-01"
+DEFAULT_RETRIES = 1  # a task whose process died (killed, out of memory) runs once more
+DEFAULT_RETRY_DELAY = 60.0  # seconds
 
 # (variable, configs.from_options option): the settings of `movierec run` that a
 # scheduled run takes (besides MOVIEREC_DATA_DIR and MOVIEREC_OUTPUT_DIR).
@@ -252,9 +260,28 @@ def dag_settings_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
                           f"got {text!r}") from e
     if start.tzinfo is None:
         start = start.replace(tzinfo=datetime.timezone.utc)
+    retries = _count(environ, "MOVIEREC_RETRIES", DEFAULT_RETRIES, int)
+    retry_delay = _count(environ, "MOVIEREC_RETRY_DELAY", DEFAULT_RETRY_DELAY, float)
     return {"schedule": schedule, "start_date": start, "catchup": False,
             "max_active_runs": 1, "tags": ["movierec", "tfx"],
+            "default_args": {"retries": retries,
+                             "retry_delay": datetime.timedelta(seconds=retry_delay)},
             "description": "MovieLens -> TFRS recommender (TFX pipeline)"}
+
+
+def _count(environ: Mapping[str, str], name: str, default, kind):
+    """A number >= 0 of `kind` (int or float) from `environ`, `default` when unset."""
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = -1
+    if not (value >= 0 and math.isfinite(value)):  # also refuses nan and inf
+        what = "a whole number" if kind is int else "a number of seconds"
+        raise ConfigError(f"{name} must be {what} >= 0, got {text!r}")
+    return value
 
 
 def build_dag(environ: Mapping[str, str] | None = None):
