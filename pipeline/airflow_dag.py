@@ -94,6 +94,25 @@ a pod of its own, the holder ends with the first task's pod and only the running
 own check guards the directory. To free a directory by hand, mark the DAG run failed (or
 kill the holder: ``pid`` in the lease).
 
+Retries
+-------
+Every task has ``MOVIEREC_RETRIES`` retries (default 1), ``MOVIEREC_RETRY_DELAY`` seconds
+apart (default 60): a task that failed or whose process died (killed, out of memory) runs
+once more. TFX's Airflow runner keeps one ML Metadata execution per component and DAG
+run, which a second attempt cannot reuse (ML Metadata refuses its input events again), so
+before a component task runs its component, what an earlier attempt of it left is set
+aside (``pipeline.metadata.set_aside_attempt``): its unfinished execution is marked
+CANCELED and renamed ``<component>@attempt-<k>``, and the new attempt is an execution of
+its own, with outputs of its own. ``movierec inspect runs`` lists both and counts the run
+by each component's latest execution. Executions that earlier DAG runs left unfinished
+are marked CANCELED too, as ``movierec run`` does after a killed run.
+
+Airflow finds a task whose process died with its "zombie" check, which has the DAG file
+processor fail the task (which puts it up for retry); that processor parses the DAG file
+first. Start the scheduler as ``python -m pipeline.airflow_scheduler`` (see there), or
+raise ``AIRFLOW__SCHEDULER__ZOMBIE_DETECTION_INTERVAL`` above the DAG file's parse time:
+otherwise Airflow 2.10 fails the retry too.
+
 To schedule it, put a file holding the one line::
 
     from pipeline.airflow_dag import DAG
@@ -378,6 +397,35 @@ def _check_task(output_dir: str, context) -> None:
     dag_id, run_id, watch_pid = _run_of(context)
     ensure_lock(output_dir, dag_id, run_id, watch_pid=watch_pid,
                 run_active=_dag_run_active)
+    _close_earlier_attempts(output_dir, context["ti"])
+
+
+def _close_earlier_attempts(output_dir: str, ti) -> int:
+    """Before a component task runs its component: what an earlier attempt of the task in
+    this DAG run left in ML Metadata (its process was killed, or it failed) is set aside
+    (metadata.set_aside_attempt: its open execution CANCELED, so that this attempt is an
+    execution of its own), and executions of the component that earlier DAG runs left open
+    are closed, as `movierec run` does after a killed run. Safe while the lock is held:
+    only one attempt of a task runs at a time, and only one DAG run is active. Returns how
+    many executions were set aside or closed."""
+    from pipeline import metadata
+
+    path = os.path.join(output_dir, "metadata.sqlite")
+    attempt = (f"Airflow task {ti.task_id} of {ti.run_id} ended before this execution "
+               f"finished; try {ti.try_number} runs it again")
+    set_aside = metadata.set_aside_attempt(path, ti.dag_id, ti.run_id, ti.task_id, attempt)
+    closed = metadata.close_interrupted(
+        path, component=ti.task_id,
+        reason=f"the DAG run was stopped before this execution finished (found by "
+               f"{ti.run_id})")
+    if set_aside:
+        print(f"{ti.task_id}: an earlier attempt of this task left {set_aside} "
+              f"execution(s) in ML Metadata: set aside (open ones marked canceled); try "
+              f"{ti.try_number} is an execution of its own")
+    if closed:
+        print(f"{ti.task_id}: {closed} unfinished execution(s) of earlier DAG runs marked "
+              f"canceled in ML Metadata")
+    return set_aside + closed
 
 
 def _unlock_task(output_dir: str, **context) -> None:
@@ -637,6 +685,9 @@ def _adapt_to_legacy_drivers(tfx_pipeline) -> None:
       (Evaluator's and RetrievalEvaluator's ModelBlessing `blessing`) cannot both publish
       in one run. Such components name their artifacts
       '<component id>.<output key>:<run id>'.
+    - For the same reason a retried task (see "Retries") cannot name its outputs as the
+      earlier attempt named the ones it registered before it was killed (names of
+      artifacts cannot change): a name already taken gets '@attempt-<n>' (n = 2, 3 ...).
     """
     from tfx.dsl.components.base import base_component
     from tfx.dsl.components.common import resolver
@@ -651,6 +702,30 @@ def _adapt_to_legacy_drivers(tfx_pipeline) -> None:
     for c in components:
         if any(outputs[(key, channel.type_name)] > 1 for key, channel in c.outputs.items()):
             c.driver_class = _component_named_outputs(c.driver_class)
+        c.driver_class = _unique_output_names(c.driver_class)
+
+
+def _unique_output_names(driver_class):
+    from pipeline import metadata
+
+    class Driver(driver_class):
+        def _prepare_output_artifacts(self, input_artifacts, output_dict, exec_properties,
+                                      execution_id, pipeline_info, component_info):
+            result = super()._prepare_output_artifacts(
+                input_artifacts, output_dict, exec_properties, execution_id,
+                pipeline_info, component_info)
+            store = self._metadata_handle.store
+            for artifacts in result.values():
+                for artifact in artifacts:
+                    name, attempt = artifact.name, 1
+                    while store.get_artifact_by_type_and_name(artifact.type_name,
+                                                              artifact.name):
+                        attempt += 1
+                        artifact.name = f"{name}{metadata.ATTEMPT_MARK}{attempt}"
+            return result
+
+    Driver.__name__ = Driver.__qualname__ = f"UniquelyNamed{driver_class.__name__}"
+    return Driver
 
 
 def _run_scoped_upstream_inputs(driver_class):
