@@ -26,6 +26,11 @@ movierec run prints after "movierec: error: ">``:
 ``MOVIEREC_START_DATE`` (default ``2025-01-01``)
     ISO date (or date-time, UTC unless it has an offset) of the first schedule interval.
     Catch-up is off: only the latest interval runs, never a backlog.
+``MOVIEREC_RETRIES`` (default ``1``)
+    How many times Airflow runs a task again after it failed or its process died (see
+    "Retries"); ``0`` for none.
+``MOVIEREC_RETRY_DELAY`` (default ``60``)
+    Seconds before such a retry.
 ``MOVIEREC_SPLIT`` (default ``random``)
     ``random``, ``time`` or ``fold:NAME``, as ``--split``.
 ``MOVIEREC_SEED`` (default ``42``)
@@ -95,6 +100,25 @@ a pod of its own, the holder ends with the first task's pod and only the running
 own check guards the directory. To free a directory by hand, mark the DAG run failed (or
 kill the holder: ``pid`` in the lease).
 
+Retries
+-------
+Every task has ``MOVIEREC_RETRIES`` retries (default 1), ``MOVIEREC_RETRY_DELAY`` seconds
+apart (default 60): a task that failed or whose process died (killed, out of memory) runs
+once more. TFX's Airflow runner keeps one ML Metadata execution per component and DAG
+run, which a second attempt cannot reuse (ML Metadata refuses its input events again), so
+before a component task runs its component, what an earlier attempt of it left is set
+aside (``pipeline.metadata.set_aside_attempt``): its unfinished execution is marked
+CANCELED and renamed ``<component>@attempt-<k>``, and the new attempt is an execution of
+its own, with outputs of its own. ``movierec inspect runs`` lists both and counts the run
+by each component's latest execution. Executions that earlier DAG runs left unfinished
+are marked CANCELED too, as ``movierec run`` does after a killed run.
+
+Airflow finds a task whose process died with its "zombie" check, which has the DAG file
+processor fail the task (which puts it up for retry); that processor parses the DAG file
+first. Start the scheduler as ``python -m pipeline.airflow_scheduler`` (see there), or
+raise ``AIRFLOW__SCHEDULER__ZOMBIE_DETECTION_INTERVAL`` above the DAG file's parse time:
+otherwise Airflow 2.10 fails the retry too.
+
 To schedule it, put a file holding the one line::
 
     from pipeline.airflow_dag import DAG
@@ -111,7 +135,10 @@ Importing TensorFlow and TFX takes about 25 s of CPU, close to Airflow's default
 timeout (30 s); raise ``AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT`` and
 ``AIRFLOW__CORE__DAG_FILE_PROCESSOR_TIMEOUT`` (e.g. to 120 and 180), and consider
 ``AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL`` (seconds between re-parses, default 30)
-of a few minutes.
+of a few minutes. Every task process parses the DAG file too. ``python -m
+pipeline.airflow_scheduler`` (``airflow scheduler`` with these imports done once, before
+it forks its DAG file processors and, with the LocalExecutor, its task processes) makes a
+parse take well under a second.
 """
 
 from __future__ import annotations
@@ -120,6 +147,7 @@ import collections
 import datetime
 import functools
 import json
+import math
 import os
 import pathlib
 import select
@@ -140,6 +168,8 @@ from pipeline.errors import UserError  # noqa: E402
 
 DEFAULT_SCHEDULE = "@daily"
 DEFAULT_START_DATE = "2025-01-01"
+DEFAULT_RETRIES = 1  # a task whose process died (killed, out of memory) runs once more
+DEFAULT_RETRY_DELAY = 60.0  # seconds
 
 # (variable, configs.from_options option): the settings of `movierec run` that a
 # scheduled run takes (besides MOVIEREC_DATA_DIR and MOVIEREC_OUTPUT_DIR).
@@ -157,6 +187,13 @@ SETTINGS = (
     ("MOVIEREC_METADATA_URI", "metadata_uri"),
     ("MOVIEREC_PIPELINE_NAME", "pipeline_name"),
 )
+
+# What building the DAG imports: TensorFlow, TFX and the pipeline's modules, ~20 s of CPU
+# that pipeline.airflow_scheduler spends once instead of in every process that parses
+# the DAG file (see preload).
+PRELOAD_MODULES = ("tfx.orchestration.airflow.airflow_dag_runner", "pipeline.pipeline",
+                   "components.movielens_example_gen.movielens", "pipeline.configs",
+                   "pipeline.metadata", "airflow.operators.python")
 
 # The output-directory lock (see the module docstring).
 LEASE_FILE = ".movierec.lease"
@@ -255,9 +292,39 @@ def dag_settings_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
                           f"got {text!r}") from e
     if start.tzinfo is None:
         start = start.replace(tzinfo=datetime.timezone.utc)
+    retries = _count(environ, "MOVIEREC_RETRIES", DEFAULT_RETRIES, int)
+    retry_delay = _count(environ, "MOVIEREC_RETRY_DELAY", DEFAULT_RETRY_DELAY, float)
     return {"schedule": schedule, "start_date": start, "catchup": False,
             "max_active_runs": 1, "tags": ["movierec", "tfx"],
+            "default_args": {"retries": retries,
+                             "retry_delay": datetime.timedelta(seconds=retry_delay)},
             "description": "MovieLens -> TFRS recommender (TFX pipeline)"}
+
+
+def _count(environ: Mapping[str, str], name: str, default, kind):
+    """A number >= 0 of `kind` (int or float) from `environ`, `default` when unset."""
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = -1
+    if not (value >= 0 and math.isfinite(value)):  # also refuses nan and inf
+        what = "a whole number" if kind is int else "a number of seconds"
+        raise ConfigError(f"{name} must be {what} >= 0, got {text!r}")
+    return value
+
+
+def preload() -> None:
+    """Imports what building the DAG imports (PRELOAD_MODULES), without building it and
+    without running anything of TensorFlow: processes forked afterwards (Airflow's DAG
+    file processors, the LocalExecutor's task processes) then parse the DAG file in well
+    under a second, and each starts TensorFlow's runtime of its own."""
+    import importlib
+
+    for name in PRELOAD_MODULES:
+        importlib.import_module(name)
 
 
 def build_dag(environ: Mapping[str, str] | None = None):
@@ -333,6 +400,35 @@ def _check_task(output_dir: str, context) -> None:
     dag_id, run_id, watch_pid = _run_of(context)
     ensure_lock(output_dir, dag_id, run_id, watch_pid=watch_pid,
                 run_active=_dag_run_active)
+    _close_earlier_attempts(output_dir, context["ti"])
+
+
+def _close_earlier_attempts(output_dir: str, ti) -> int:
+    """Before a component task runs its component: what an earlier attempt of the task in
+    this DAG run left in ML Metadata (its process was killed, or it failed) is set aside
+    (metadata.set_aside_attempt: its open execution CANCELED, so that this attempt is an
+    execution of its own), and executions of the component that earlier DAG runs left open
+    are closed, as `movierec run` does after a killed run. Safe while the lock is held:
+    only one attempt of a task runs at a time, and only one DAG run is active. Returns how
+    many executions were set aside or closed."""
+    from pipeline import metadata
+
+    path = os.path.join(output_dir, "metadata.sqlite")
+    attempt = (f"Airflow task {ti.task_id} of {ti.run_id} ended before this execution "
+               f"finished; try {ti.try_number} runs it again")
+    set_aside = metadata.set_aside_attempt(path, ti.dag_id, ti.run_id, ti.task_id, attempt)
+    closed = metadata.close_interrupted(
+        path, component=ti.task_id,
+        reason=f"the DAG run was stopped before this execution finished (found by "
+               f"{ti.run_id})")
+    if set_aside:
+        print(f"{ti.task_id}: an earlier attempt of this task left {set_aside} "
+              f"execution(s) in ML Metadata: set aside (open ones marked canceled); try "
+              f"{ti.try_number} is an execution of its own")
+    if closed:
+        print(f"{ti.task_id}: {closed} unfinished execution(s) of earlier DAG runs marked "
+              f"canceled in ML Metadata")
+    return set_aside + closed
 
 
 def _unlock_task(output_dir: str, **context) -> None:
@@ -592,6 +688,9 @@ def _adapt_to_legacy_drivers(tfx_pipeline) -> None:
       (Evaluator's and RetrievalEvaluator's ModelBlessing `blessing`) cannot both publish
       in one run. Such components name their artifacts
       '<component id>.<output key>:<run id>'.
+    - For the same reason a retried task (see "Retries") cannot name its outputs as the
+      earlier attempt named the ones it registered before it was killed (names of
+      artifacts cannot change): a name already taken gets '@attempt-<n>' (n = 2, 3 ...).
     """
     from tfx.dsl.components.base import base_component
     from tfx.dsl.components.common import resolver
@@ -606,6 +705,30 @@ def _adapt_to_legacy_drivers(tfx_pipeline) -> None:
     for c in components:
         if any(outputs[(key, channel.type_name)] > 1 for key, channel in c.outputs.items()):
             c.driver_class = _component_named_outputs(c.driver_class)
+        c.driver_class = _unique_output_names(c.driver_class)
+
+
+def _unique_output_names(driver_class):
+    from pipeline import metadata
+
+    class Driver(driver_class):
+        def _prepare_output_artifacts(self, input_artifacts, output_dict, exec_properties,
+                                      execution_id, pipeline_info, component_info):
+            result = super()._prepare_output_artifacts(
+                input_artifacts, output_dict, exec_properties, execution_id,
+                pipeline_info, component_info)
+            store = self._metadata_handle.store
+            for artifacts in result.values():
+                for artifact in artifacts:
+                    name, attempt = artifact.name, 1
+                    while store.get_artifact_by_type_and_name(artifact.type_name,
+                                                              artifact.name):
+                        attempt += 1
+                        artifact.name = f"{name}{metadata.ATTEMPT_MARK}{attempt}"
+            return result
+
+    Driver.__name__ = Driver.__qualname__ = f"UniquelyNamed{driver_class.__name__}"
+    return Driver
 
 
 def _run_scoped_upstream_inputs(driver_class):

@@ -334,6 +334,7 @@ _STATE_NAMES = {
     metadata_store_pb2.Execution.CANCELED: "canceled",
 }
 NODE_CONTEXT = "node"
+COMPONENT_RUN_CONTEXT = "component_run"  # the Airflow runner's, one per component and run
 # Annotations the movierec runner adds to a pipeline_run context (see annotate_run).
 RUN_ANNOTATIONS = ("wall_seconds", "beam_pipeline_args", "command")
 
@@ -381,6 +382,8 @@ class _Index:
             for context in self.store.get_contexts_by_execution(execution_id):
                 if context.type == NODE_CONTEXT:
                     component = context.name.split(".", 1)[-1]
+                elif context.type == COMPONENT_RUN_CONTEXT:  # TFX's legacy drivers
+                    component = context.properties["component_id"].string_value or None
                 elif context.type in RUN_CONTEXTS:
                     run = context.name
             self._component[execution_id], self._run[execution_id] = component, run
@@ -481,7 +484,10 @@ def run_summary(store, context, index: _Index | None = None) -> dict:
         "seconds": execution_seconds(e, published.get(e.id)),
         "execution_id": e.id,
     } for e in executions]
-    states = {c["state"] for c in components}
+    # An orchestrator that retries a task (Airflow) leaves the attempts it gave up on
+    # (canceled, failed) before the one that counts: each component's latest decides.
+    latest = {c["component"] or c["execution_id"]: c["state"] for c in components}
+    states = set(latest.values())
     annotations = properties(context)
     start = min((e.create_time_since_epoch for e in executions),
                 default=context.create_time_since_epoch)
@@ -658,25 +664,43 @@ def _set(value, plain) -> None:
         value.string_value = str(plain)
 
 
-def close_interrupted(source: str, pipeline_name: str | None = None) -> int:
+def close_interrupted(source: str, pipeline_name: str | None = None,
+                      component: str | None = None,
+                      reason: str = "the run was killed before this execution finished"
+                      ) -> int:
     """Executions left RUNNING by a run that was killed (the caller holds the output
     directory's lock, so no run of it is in progress) become CANCELED, and the outputs
     they had begun become ABANDONED: later runs and `inspect` never mistake them for live
     work. With `pipeline_name` (a shared store) only that pipeline's executions: another
-    output directory's run may be in progress on the same database. Returns how many
-    executions were closed."""
+    output directory's run may be in progress on the same database. With `component`,
+    only that component's executions (the caller knows that no other execution of it runs:
+    an Airflow task about to run it). Returns how many executions were closed."""
     if not exists(source):
         return 0
     store = _connect(source, writable=True, pipeline_name=pipeline_name)
-    open_states = (metadata_store_pb2.Execution.RUNNING, metadata_store_pb2.Execution.NEW)
-    stale = [e for e in store.get_executions() if e.last_known_state in open_states]
-    if not stale:
-        return 0
+    stale = [e for e in store.get_executions() if e.last_known_state in _OPEN_STATES]
+    if component is not None:
+        index = _Index(store)
+        stale = [e for e in stale if index.component(e.id) == component]
+    _cancel(store, stale, reason)
+    if stale:
+        store.put_executions(stale)
+    return len(stale)
+
+
+_OPEN_STATES = (metadata_store_pb2.Execution.RUNNING, metadata_store_pb2.Execution.NEW)
+ATTEMPT_MARK = "@attempt-"  # of a component run set aside for a retry (set_aside_attempt)
+
+
+def _cancel(store, executions, reason: str) -> None:
+    """Marks the open ones of `executions` CANCELED (the caller puts them), and the outputs
+    they had begun ABANDONED."""
+    stale = [e for e in executions if e.last_known_state in _OPEN_STATES]
     for execution in stale:
         execution.last_known_state = metadata_store_pb2.Execution.CANCELED
-        execution.custom_properties[_INTERRUPTED].string_value = (
-            "the run was killed before this execution finished")
-    store.put_executions(stale)
+        execution.custom_properties[_INTERRUPTED].string_value = reason
+    if not stale:
+        return
     outputs = [e.artifact_id for e in store.get_events_by_execution_ids([e.id for e in stale])
                if e.type in (metadata_store_pb2.Event.OUTPUT,
                              metadata_store_pb2.Event.PENDING_OUTPUT)]
@@ -687,4 +711,47 @@ def close_interrupted(source: str, pipeline_name: str | None = None) -> int:
         artifact.state = metadata_store_pb2.Artifact.ABANDONED
     if pending:
         store.put_artifacts(pending)
-    return len(stale)
+
+
+def set_aside_attempt(path: str, pipeline_name: str, run_id: str, component: str,
+                      reason: str) -> int:
+    """Before a component runs again within the same run of TFX's Airflow runner (an
+    Airflow retry, or a task cleared by hand): what the earlier attempt left in ML Metadata
+    is set aside, so that the new attempt is an execution of its own. Returns how many
+    executions were set aside (0: no earlier attempt got as far as ML Metadata).
+
+    TFX's legacy drivers keep one execution per component and run, in a `component_run`
+    context, and find an upstream component's outputs through the first execution of the
+    run that names that component. An earlier attempt's context and execution would make
+    the new attempt overwrite the old execution (which ML Metadata refuses: its input
+    events exist) and hide the new outputs. So the earlier attempt's open execution
+    becomes CANCELED (`reason` recorded, begun outputs ABANDONED), and its context and
+    executions are renamed '<name>@attempt-<k>' (component_id of the executions; the
+    context keeps the component's id, which `inspect` shows). (Artifacts cannot be
+    renamed: the Airflow DAG's drivers give the new attempt's outputs names of their
+    own.)"""
+    if not os.path.isfile(path):
+        return 0
+    store = _connect(path, writable=True)
+    contexts = store.get_contexts_by_type(COMPONENT_RUN_CONTEXT)
+
+    def values(context):
+        return tuple(context.properties[key].string_value
+                     for key in ("pipeline_name", "run_id", "component_id"))
+
+    ours = [c for c in contexts if values(c) == (pipeline_name, run_id, component)]
+    current = [c for c in ours if ATTEMPT_MARK not in c.name]
+    if not current:
+        return 0
+    attempt = f"{ATTEMPT_MARK}{len(ours) - len(current) + 1}"
+    executions = []
+    for context in current:
+        executions += store.get_executions_by_context(context.id)
+        context.name += attempt
+    _cancel(store, executions, reason)
+    for execution in executions:
+        execution.properties["component_id"].string_value = component + attempt
+    if executions:
+        store.put_executions(executions)
+    store.put_contexts(current)
+    return len(executions)

@@ -152,6 +152,23 @@ def test_dag_settings_defaults():
                                                        tzinfo=datetime.timezone.utc)
     assert settings["catchup"] is False
     assert settings["max_active_runs"] == 1
+    assert settings["default_args"] == {"retries": 1,
+                                        "retry_delay": datetime.timedelta(seconds=60)}
+
+
+def test_retries():
+    def default_args(**environ):
+        return airflow_dag.dag_settings_from_env(environ)["default_args"]
+
+    assert default_args(MOVIEREC_RETRIES="3", MOVIEREC_RETRY_DELAY="2.5") == {
+        "retries": 3, "retry_delay": datetime.timedelta(seconds=2.5)}
+    assert default_args(MOVIEREC_RETRIES="0", MOVIEREC_RETRY_DELAY=" ")["retries"] == 0
+    for name, value in (("MOVIEREC_RETRIES", "-1"), ("MOVIEREC_RETRIES", "1.5"),
+                        ("MOVIEREC_RETRIES", "many"), ("MOVIEREC_RETRY_DELAY", "-5"),
+                        ("MOVIEREC_RETRY_DELAY", "nan"), ("MOVIEREC_RETRY_DELAY", "inf")):
+        with pytest.raises(airflow_dag.ConfigError, match=f"^{name} must be .* >= 0, "
+                                                          f"got '{value}'$"):
+            default_args(**{name: value})
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -200,6 +217,9 @@ def _airflow_env(home, dags, data_dir, output_dir):
                                                      if os.environ.get("PYTHONPATH")
                                                      else [])),
         **_settings(data_dir, output_dir, **FAST),
+        # `dags test` would wait MOVIEREC_RETRY_DELAY and run a failing task again;
+        # retries under the scheduler: tests/test_airflow_scheduler.py
+        "MOVIEREC_RETRIES": "0",
     })
     return env
 
