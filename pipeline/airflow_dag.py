@@ -703,12 +703,15 @@ def _adapt_to_legacy_drivers(tfx_pipeline) -> None:
         if isinstance(node, resolver.Resolver):
             node.driver_class = _run_scoped_upstream_inputs(node.driver_class)
     for c in components:
-        if any(outputs[(key, channel.type_name)] > 1 for key, channel in c.outputs.items()):
-            c.driver_class = _component_named_outputs(c.driver_class)
-        c.driver_class = _unique_output_names(c.driver_class)
+        shared_key = any(outputs[(key, channel.type_name)] > 1
+                         for key, channel in c.outputs.items())
+        c.driver_class = _named_outputs(c.driver_class, by_component=shared_key)
 
 
-def _unique_output_names(driver_class):
+def _named_outputs(driver_class, by_component: bool):
+    """The driver with output names ML Metadata accepts: '<component id>.<name>' when
+    `by_component` (an output key and type another component has too), and, when an
+    earlier attempt of the task took that name, '<name>@attempt-<n>'."""
     from pipeline import metadata
 
     class Driver(driver_class):
@@ -720,6 +723,8 @@ def _unique_output_names(driver_class):
             store = self._metadata_handle.store
             for artifacts in result.values():
                 for artifact in artifacts:
+                    if by_component:
+                        artifact.name = f"{component_info.component_id}.{artifact.name}"
                     name, attempt = artifact.name, 1
                     while store.get_artifact_by_type_and_name(artifact.type_name,
                                                               artifact.name):
@@ -727,7 +732,8 @@ def _unique_output_names(driver_class):
                         artifact.name = f"{name}{metadata.ATTEMPT_MARK}{attempt}"
             return result
 
-    Driver.__name__ = Driver.__qualname__ = f"UniquelyNamed{driver_class.__name__}"
+    kind = "ComponentNamed" if by_component else "UniquelyNamed"
+    Driver.__name__ = Driver.__qualname__ = f"{kind}{driver_class.__name__}"
     return Driver
 
 
@@ -748,22 +754,6 @@ def _run_scoped_upstream_inputs(driver_class):
             return result
 
     Driver.__name__ = Driver.__qualname__ = f"RunScoped{driver_class.__name__}"
-    return Driver
-
-
-def _component_named_outputs(driver_class):
-    class Driver(driver_class):
-        def _prepare_output_artifacts(self, input_artifacts, output_dict, exec_properties,
-                                      execution_id, pipeline_info, component_info):
-            result = super()._prepare_output_artifacts(
-                input_artifacts, output_dict, exec_properties, execution_id,
-                pipeline_info, component_info)
-            for artifacts in result.values():
-                for artifact in artifacts:
-                    artifact.name = f"{component_info.component_id}.{artifact.name}"
-            return result
-
-    Driver.__name__ = Driver.__qualname__ = f"ComponentNamed{driver_class.__name__}"
     return Driver
 
 

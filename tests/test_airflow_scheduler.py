@@ -35,11 +35,10 @@ import time
 import pytest
 
 from pipeline import airflow_dag, cli
+from test_airflow import _airflow_env as dags_test_env  # `airflow dags test`'s env
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHIM = "from pipeline.airflow_dag import DAG\n"
-FAST = {"MOVIEREC_HPARAMS": json.dumps({"epochs": 3, "batch_size": 256}),
-        "MOVIEREC_RMSE_UPPER_BOUND": "2.0"}
 FIRST, SECOND = "first", "second"
 DAG_ID = airflow_dag.DAG_ID
 KILLED_TASK = "Trainer"
@@ -163,18 +162,16 @@ def postgres():
 
 # ---------------------------------------------------------------- Airflow, scheduled
 def _airflow_env(home, dags, data_dir, output_dir, database_url):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AIRFLOW", "MOVIEREC_"))}
+    """test_airflow's environment (the repository on PYTHONPATH, the settings, FAST), on
+    PostgreSQL with LocalExecutor, tuned for a scheduler that reacts within seconds, and
+    with the DAG's own retries."""
+    env = dags_test_env(home, dags, data_dir, output_dir)
+    del env["MOVIEREC_RETRIES"]  # the default: each task retried once
     env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__LOAD_DEFAULT_CONNECTIONS": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url,
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "4",
-        # importing TensorFlow + TFX takes ~20 s of CPU, more on a busy host
-        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "600",
         "AIRFLOW__CORE__DAG_FILE_PROCESSOR_TIMEOUT": "900",
         # parse the DAG file once (and for callbacks), not every 30 s
         "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "3600",
@@ -186,14 +183,7 @@ def _airflow_env(home, dags, data_dir, output_dir, database_url):
         "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "2",
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
         "AIRFLOW__SCHEDULER__SCHEDULER_ZOMBIE_TASK_THRESHOLD": "120",
-        "TF_USE_LEGACY_KERAS": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "PYTHONPATH": os.pathsep.join([str(REPO)] + ([os.environ["PYTHONPATH"]]
-                                                     if os.environ.get("PYTHONPATH")
-                                                     else [])),
-        "MOVIEREC_DATA_DIR": str(data_dir), "MOVIEREC_OUTPUT_DIR": str(output_dir),
         "MOVIEREC_SCHEDULE": "none", "MOVIEREC_RETRY_DELAY": "1",
-        **FAST,
     })
     return env
 
@@ -592,7 +582,7 @@ def test_a_retried_component_gets_an_execution_of_its_own(tmp_path):
         m.publish_execution(component("MovieLensExampleGen"),
                             {"examples": [artifact(standard_artifacts.Examples, "ex")]})
         examples = m.search_artifacts("examples", run, "MovieLensExampleGen")
-        driver = airflow_dag._unique_output_names(base_driver.BaseDriver)(m)
+        driver = airflow_dag._named_outputs(base_driver.BaseDriver, by_component=False)(m)
 
         def outputs(execution):  # as the Trainer's driver makes them, before it runs
             made = driver._prepare_output_artifacts(
