@@ -417,10 +417,7 @@ def from_options(options: Mapping[str, Any], local_data: bool = False) -> Pipeli
         splits.ratings_sources(values.get("split", splits.DEFAULT))
     except ValueError as e:
         raise UserError(str(e)) from e
-    for name in ("seed",):
-        if values.get(name, 0) < 0:
-            raise UserError(f"{name} must be 0 or more, got {values[name]}")
-    for name in ("beam_workers", "tune_trials"):
+    for name in ("seed", "beam_workers", "tune_trials"):
         if values.get(name, 0) < 0:
             raise UserError(f"{name} must be 0 or more, got {values[name]}")
     if values.get("timestamp_buckets") is not None and values["timestamp_buckets"] < 2:
