@@ -35,9 +35,9 @@ class RetrievalEvaluation(types.Artifact):
 
 
 def read_metrics(artifact_uri: str) -> dict:
-    import tensorflow as tf
+    from trainer import storage
 
-    with tf.io.gfile.GFile(os.path.join(artifact_uri, METRICS_FILE)) as f:
+    with storage.open(storage.join(artifact_uri, METRICS_FILE)) as f:
         return json.load(f)
 
 

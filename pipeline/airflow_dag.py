@@ -14,7 +14,7 @@ taken, converted and refused the same way (strings such as ``"3"`` or ``"true"``
 fine); a bad one fails the DAG's import with ``MOVIEREC_<NAME>: <the message that
 movierec run prints after "movierec: error: ">``:
 
-``MOVIEREC_DATA_DIR`` (required, absolute)
+``MOVIEREC_DATA_DIR`` (required: an absolute path, or a ``gs://`` / ``s3://`` URI)
     A MovieLens directory: ml-100k (``u.data``, ``u.item``, ``u.user``), ml-1m
     (``ratings.dat`` ...) or ml-latest/ml-25m (``ratings.csv`` ...); the layout is detected
     from the file names, so the directory must exist when Airflow parses the DAG.
@@ -66,6 +66,12 @@ movierec run prints after "movierec: error: ">``:
 ``MOVIEREC_PIPELINE_NAME`` (default ``movierec``)
     The pipeline's name in ML Metadata, and so the DAG's id; in a shared metadata database
     ``movierec inspect`` / ``report`` take the same ``--pipeline-name``.
+``MOVIEREC_PIPELINE_ROOT`` (default ``$MOVIEREC_OUTPUT_DIR/pipeline``)
+    Where the components write artifacts, as ``--pipeline-root``: a local path or
+    ``gs://BUCKET/...`` / ``s3://BUCKET/...`` (S3 as configured by ``S3_ENDPOINT``,
+    ``AWS_*``; see trainer/storage.py).
+``MOVIEREC_SERVING_DIR`` (default ``$MOVIEREC_OUTPUT_DIR/serving/movierec``)
+    Where the Pusher writes blessed models, as ``--serving-dir``; may be a URI too.
 
 Booleans take ``true``/``false``, ``1``/``0``, ``yes``/``no``, ``on``/``off``.
 
@@ -186,6 +192,8 @@ SETTINGS = (
     ("MOVIEREC_ENABLE_CACHE", "enable_cache"),
     ("MOVIEREC_METADATA_URI", "metadata_uri"),
     ("MOVIEREC_PIPELINE_NAME", "pipeline_name"),
+    ("MOVIEREC_PIPELINE_ROOT", "pipeline_root_override"),
+    ("MOVIEREC_SERVING_DIR", "serving_dir_override"),
 )
 
 # What building the DAG imports: TensorFlow, TFX and the pipeline's modules, ~20 s of CPU
@@ -214,10 +222,13 @@ class OutputBusy(UserError):
 
 
 # -------------------------------------------------------------------------- settings
-def _absolute_dir(environ: Mapping[str, str], name: str) -> str:
+def _absolute_dir(environ: Mapping[str, str], name: str, uri: bool = False) -> str:
+    """The absolute local directory of variable `name` (`uri`: or a gs:// / s3:// URI)."""
     value = environ.get(name, "").strip()
     if not value:
         raise ConfigError(f"{name} is not set")
+    if uri and "://" in value:
+        return value
     value = os.path.expanduser(value)
     if not os.path.isabs(value):
         raise ConfigError(f"{name} must be an absolute path (Airflow's processes do not "
@@ -241,7 +252,7 @@ def pipeline_config_from_env(environ: Mapping[str, str]):
     bad."""
     from pipeline import configs
 
-    base = {"data_dir": _absolute_dir(environ, "MOVIEREC_DATA_DIR"),
+    base = {"data_dir": _absolute_dir(environ, "MOVIEREC_DATA_DIR", uri=True),
             "output_dir": _absolute_dir(environ, "MOVIEREC_OUTPUT_DIR"),
             # the DAG's id is the pipeline's name: `movierec`, also in a shared metadata
             # database, unless MOVIEREC_PIPELINE_NAME says otherwise

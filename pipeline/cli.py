@@ -408,7 +408,15 @@ def _add_run_arguments(run) -> None:
                      help="GroupLens dataset to fetch when --data-dir is not given "
                      "(cache: $MOVIEREC_CACHE or ~/.cache/movierec)")
     run.add_argument("--output-dir", default="output",
-                     help="pipeline root, metadata.sqlite and serving/ go here")
+                     help="a local directory: the run's lock, logs, metadata.sqlite, and "
+                     "by default the pipeline root (pipeline/) and serving/")
+    run.add_argument("--pipeline-root", metavar="PATH_OR_URI",
+                     help="where the components write their artifacts (default "
+                     "OUTPUT_DIR/pipeline); gs://BUCKET/... or s3://BUCKET/... for an "
+                     "object store")
+    run.add_argument("--serving-dir", metavar="PATH_OR_URI",
+                     help="where the Pusher writes blessed models, one numbered version "
+                     "each (default OUTPUT_DIR/serving/movierec); may be gs:// or s3://")
     options.add_setting_arguments(run)
     options.add_metadata_arguments(run)
     run.add_argument("--beam-workers", type=int, default=0,

@@ -14,11 +14,13 @@ import dataclasses
 import hashlib
 import os
 import pathlib
+import posixpath
 import re
 import urllib.parse
 from typing import Any, Mapping, Sequence
 
 from pipeline.errors import UserError
+from trainer import storage
 
 PIPELINE_NAME = "movierec"
 MODEL_NAME = "movierec"
@@ -123,6 +125,8 @@ class PipelineConfig:
         if self.beam_workers and self.beam_workers > 1:
             args += ["--direct_running_mode=multi_processing",
                      f"--direct_num_workers={self.beam_workers}"]
+        args += storage.beam_args([self.data_dir, self.pipeline_root, self.serving_dir],
+                                  args)
         if (_runner_name(args) in JOB_SERVICE_RUNNERS
                 and _beam_option(args, "--job_server_timeout", "--job-server-timeout") is None):
             args.append(f"--job_server_timeout={JOB_SERVER_TIMEOUT_S}")
@@ -442,16 +446,47 @@ def from_options(options: Mapping[str, Any], local_data: bool = False) -> Pipeli
             values["pipeline_name"] = shared_pipeline_name(values["output_dir"])
     else:
         values.pop("metadata_uri", None)
-    data_dir = os.path.expanduser(values["data_dir"].rstrip("/") or "/")
-    if local_data and not os.path.isdir(data_dir):
+    for name in ("pipeline_root_override", "serving_dir_override"):
+        if str(values.get(name, "")).strip():
+            values[name] = _storage_location(name.removesuffix("_override"), values[name])
+    data_dir = str(values["data_dir"]).strip()
+    if storage.is_uri(data_dir):
+        data_dir = _storage_location("data_dir", data_dir)
+        # an object store is asked only by a run from here (not by an export for a
+        # cluster, whose credentials may be elsewhere)
+        readable = local_data and storage.isdir(data_dir)
+    else:
+        data_dir = os.path.expanduser(data_dir.rstrip("/") or "/")
+        readable = os.path.isdir(data_dir)
+    if local_data and not readable:
         raise UserError(f"data directory does not exist: {data_dir}")
-    values["layout"] = _layout(data_dir, values.get("layout", ""), movielens)
-    values["data_dir"] = os.path.abspath(data_dir) if os.path.isdir(data_dir) else data_dir
-    return PipelineConfig(**values)
+    values["layout"] = _layout(data_dir, values.get("layout", ""), movielens, readable)
+    values["data_dir"] = storage.absolute(data_dir) if readable else data_dir
+    config = PipelineConfig(**values)
+    storage.register(config.data_dir, config.pipeline_root, config.serving_dir)
+    return config
 
 
-def _layout(data_dir: str, layout: str, movielens) -> str:
-    """The layout of data_dir: detected from its files when it is a local directory."""
+def _storage_location(name: str, value: str) -> str:
+    """A --pipeline-root / --serving-dir / --data-dir value: a local path (made absolute)
+    or an object-store URI (gs://BUCKET/..., s3://BUCKET/...)."""
+    value = str(value).strip()
+    if not storage.is_uri(value):
+        return storage.absolute(value)
+    kind = storage.scheme(value)
+    bucket = value.split("://", 1)[1].split("/", 1)[0]
+    if kind not in storage.OBJECT_STORE_SCHEMES:
+        raise UserError(f"{name} {value!r}: {kind}:// is not an object store this "
+                        f"pipeline writes to (gs://, s3:// or a local path)")
+    if len(bucket) < 3:
+        raise UserError(f"{name} {value!r}: needs a bucket name of 3 or more characters "
+                        f"({kind}://BUCKET/PATH)")
+    return storage.absolute(value)
+
+
+def _layout(data_dir: str, layout: str, movielens, readable: bool) -> str:
+    """The layout of data_dir: detected from its files when it is a directory this process
+    reads (`readable`)."""
     def named(name, what):
         try:
             return movielens._layout(name, data_dir)
@@ -459,7 +494,7 @@ def _layout(data_dir: str, layout: str, movielens) -> str:
             raise UserError(f"{what}: {e}") from e
 
     given = named(layout, "layout") if layout else None
-    if os.path.isdir(data_dir):
+    if readable:
         try:
             detected = movielens.detect_layout(data_dir)
         except movielens.DataError as e:
@@ -470,9 +505,12 @@ def _layout(data_dir: str, layout: str, movielens) -> str:
         return detected
     if given:
         return given
-    name = os.path.basename(data_dir)
+    name = posixpath.basename(data_dir)
     if name in movielens.DATASETS or name in movielens.LAYOUTS:
         return named(name, "data_dir")
+    if storage.is_uri(data_dir):
+        raise UserError(f"layout is required: data_dir {data_dir} is not read from here "
+                        f"and its name is not a MovieLens dataset's")
     # a local path that is not there, or a cluster path without a layout in its name
     if os.path.isabs(data_dir) and not os.path.exists(os.path.dirname(data_dir) or "/"):
         raise UserError(f"layout is required: data_dir {data_dir} is not a local "

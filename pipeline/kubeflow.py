@@ -59,9 +59,9 @@ def add_commands(sub) -> None:
                           help="where the Pusher writes versions (<dir>/<version>/); default "
                           "PIPELINE_ROOT/serving/movierec")
     kubeflow.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
-                          help="absolute path of a MovieLens directory inside the task "
-                          "containers: a volume, a Cloud Storage FUSE path (/gcs/BUCKET/...) "
-                          f"or the copy in the image (default {DEFAULT_DATA_DIR})")
+                          help="a MovieLens directory as the task containers see it: "
+                          "gs://BUCKET/... (or s3://), an absolute path of a volume or of "
+                          f"the copy in the image (default {DEFAULT_DATA_DIR})")
     kubeflow.add_argument("--layout",
                           help="ml-100k, ml-1m or ml-latest (or a dataset name: ml-25m, ...); "
                           "default: detected when --data-dir is a local directory, else taken "
@@ -83,14 +83,12 @@ def pipeline_config(args):
     from pipeline.errors import UserError
 
     data_dir = args.data_dir.rstrip("/") or "/"
-    if _URL.match(data_dir):
-        hint = (f"; on Vertex AI use its Cloud Storage FUSE path /gcs/{data_dir[5:]}"
-                if data_dir.startswith("gs://") else "")
+    if _URL.match(data_dir) and not data_dir.startswith(("gs://", "s3://")):
         raise UserError(f"--data-dir {data_dir}: MovieLensExampleGen reads a file system "
-                        f"path, not a URL{hint}")
-    if not posixpath.isabs(data_dir):
+                        f"path or a gs:// / s3:// URI, not a URL")
+    if not _URL.match(data_dir) and not posixpath.isabs(data_dir):
         raise UserError(f"--data-dir must be an absolute path as the task containers see "
-                        f"it, not {data_dir!r}")
+                        f"it, or a gs:// / s3:// URI, not {data_dir!r}")
     if not args.pipeline_root:
         raise UserError("--pipeline-root is required: where the tasks write artifacts, "
                         "e.g. gs://BUCKET/movierec")

@@ -24,6 +24,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from pipeline import configs
 from pipeline.errors import UserError
+from trainer import storage
 
 RUN_CONTEXT = "pipeline_run"
 RUN_CONTEXTS = (RUN_CONTEXT, "run")
@@ -272,6 +273,7 @@ def _tfma_metrics(uri: str) -> dict:
     names = {"root_mean_squared_error": "rmse", "mean_absolute_error": "mae",
              "mean_squared_error": "mse", "example_count": "example_count"}
     out = {}
+    storage.register(uri)  # TFMA reads through tf.io.gfile
     for metrics in tfma.load_metrics(uri):
         if metrics.slice_key.single_slice_keys:
             continue  # overall slice only
@@ -320,7 +322,7 @@ def best_hyperparameters(store, context=None) -> dict:
                  sorted(store.get_artifacts_by_type("HyperParameters"), key=lambda a: a.id))
     if not artifacts:
         return {}
-    with open(os.path.join(artifacts[-1].uri, "best_hyperparameters.txt")) as f:
+    with storage.open(storage.join(artifacts[-1].uri, "best_hyperparameters.txt")) as f:
         return json.load(f).get("values", {})
 
 

@@ -61,6 +61,9 @@ def from_args(args) -> dict:
     for key in ("beam_workers", "warm_start", "metadata_uri", "pipeline_name"):
         if hasattr(args, key):
             options[key] = getattr(args, key)
+    for key in ("pipeline_root", "serving_dir"):
+        if getattr(args, key, None):
+            options[f"{key}_override"] = getattr(args, key)
     return options
 
 

@@ -19,6 +19,8 @@ import json
 import math
 import os
 
+from trainer import storage
+
 NONE_YET = "none yet"
 _SECTIONS = (("data", "Data statistics"), ("training", "Training"),
              ("metrics", "Eval metrics per run"), ("blessing", "Blessing"),
@@ -123,14 +125,14 @@ def latest_statistics(store) -> dict | None:
                 names = json.loads(props["split_names"].string_value)
             except ValueError:
                 pass
-    if not names and os.path.isdir(artifact.uri):
-        names = sorted(d[len("Split-"):] for d in os.listdir(artifact.uri)
+    if not names and storage.isdir(artifact.uri):
+        names = sorted(d[len("Split-"):] for d in storage.listdir(artifact.uri)
                        if d.startswith("Split-"))
     for split in names:
-        path = os.path.join(artifact.uri, f"Split-{split}", "FeatureStats.pb")
+        path = storage.join(artifact.uri, f"Split-{split}", "FeatureStats.pb")
         stats = statistics_pb2.DatasetFeatureStatisticsList()
         try:
-            with open(path, "rb") as f:
+            with storage.open(path, "rb") as f:
                 stats.ParseFromString(f.read())
         except (OSError, DecodeError) as e:
             out["error"] = f"cannot read {path}: {e}"
@@ -145,11 +147,11 @@ def latest_training(store) -> dict | None:
     artifact = _latest_artifact(store, "ModelRun")
     if artifact is None:
         return None
-    path = os.path.join(artifact.uri, "training.json")
+    path = storage.join(artifact.uri, "training.json")
     out = {"id": artifact.id, "uri": artifact.uri,
            "created": _iso(artifact.create_time_since_epoch), "summary": None, "error": None}
     try:
-        with open(path) as f:
+        with storage.open(path) as f:
             out["summary"] = json.load(f)
     except (OSError, ValueError) as e:
         out["error"] = f"cannot read {path}: {e}"

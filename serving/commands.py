@@ -59,9 +59,8 @@ def _query_parser(sub, name: str, help_text: str):
 
 # -------------------------------------------------------------------------------- serve
 def cmd_serve(args) -> int:
-    import os
-
     from pipeline.errors import UserError
+    from trainer import storage
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be 0..65535, got {args.port}")
@@ -69,7 +68,7 @@ def cmd_serve(args) -> int:
         raise UserError("--poll-seconds must be positive")
     if args.threads < 1:
         raise UserError("--threads must be at least 1")
-    if not os.path.isdir(args.model_base):
+    if not storage.isdir(args.model_base):
         raise UserError(f"--model-base {args.model_base} is not a directory")
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,

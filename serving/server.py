@@ -40,6 +40,7 @@ import weakref
 import tensorflow as tf
 
 from serving import versions
+from trainer import storage
 from serving.model import RequestError, ServedModel
 
 log = logging.getLogger("movierec.serve")
@@ -63,16 +64,18 @@ class VersionStatus:
 
 
 def _fingerprint(path: str):
+    """(relative name, size, mtime) of every file under a version directory (local or an
+    object store's), to tell when a failed version's files change."""
     files = []
-    for root, dirs, names in os.walk(path):
+    for root, dirs, names in storage.walk(path):
         dirs.sort()
         for name in sorted(names):
-            full = os.path.join(root, name)
+            full = storage.join(root, name)
             try:
-                st = os.stat(full)
-            except OSError:
+                st = storage.stat(full)
+            except (OSError, tf.errors.OpError):
                 continue
-            files.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
+            files.append((full[len(path):].lstrip("/"), st.st_size, st.st_mtime_ns))
     return tuple(files)
 
 
@@ -422,7 +425,7 @@ def serve(model_base: str, host: str = "127.0.0.1", port: int = 8501,
 
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, stop_early)
-    base = versions.model_base(os.path.abspath(model_base), model_name)
+    base = versions.model_base(storage.absolute(model_base), model_name)
     manager = VersionManager(model_name, base, poll_seconds)
     manager.poll(initial=True)
     if manager.current is None:

@@ -13,22 +13,23 @@ import os
 import sys
 
 from pipeline.errors import UserError
+from trainer import storage
 
 MODEL_NAME = "movierec"
 SAVED_MODEL = "saved_model.pb"
 
 
 def is_version_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, SAVED_MODEL))
+    return storage.isfile(storage.join(path, SAVED_MODEL))
 
 
 def on_disk(base: str) -> dict[int, str]:
     """{version: directory} of the integer version directories under a model's base.
     Raises OSError when the base cannot be listed."""
     out = {}
-    for name in os.listdir(base):
-        path = os.path.join(base, name)
-        if name.isdigit() and os.path.isdir(path):
+    for name in storage.listdir(base):
+        path = storage.join(base, name)
+        if name.isdigit() and storage.isdir(path):
             out[int(name)] = path
     return out
 
@@ -44,7 +45,7 @@ def model_base(path: str, name: str = MODEL_NAME) -> str:
             return path
     except OSError:
         pass
-    return os.path.join(path, name)
+    return storage.join(path, name)
 
 
 def candidates(path: str, version: int | None = None) -> list[str]:

@@ -4,6 +4,7 @@ built from it the way the pipeline builds one."""
 import os
 import pathlib
 import re
+import socket
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported anywhere
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -107,3 +108,10 @@ def progress_states(printed: str) -> dict:
     """{component: 'done' | 'cached'} from the progress lines `movierec run` prints
     (`[  12.3s] Transform   cached   0.1s`)."""
     return dict(re.findall(r"^\[\s*[\d.]+s\]\s+(\S+)\s+(\S+)", printed, re.M))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

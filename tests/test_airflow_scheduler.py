@@ -34,6 +34,7 @@ import time
 
 import pytest
 
+from conftest import free_port
 from pipeline import airflow_dag, cli
 from test_airflow import _airflow_env as dags_test_env  # `airflow dags test`'s env
 
@@ -65,12 +66,6 @@ def _postgres_bindir():
     pytest.skip(reason + "; set MOVIEREC_REQUIRE_POSTGRES=1 to make this a failure")
 
 
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _Postgres:
     """A throwaway PostgreSQL server: data and unix socket in a temp dir, TCP on a free
     loopback port, trust authentication, superuser and database `airflow`."""
@@ -79,7 +74,7 @@ class _Postgres:
         self.bindir = bindir
         self.dir = tempfile.mkdtemp(prefix="movierec-pg-")
         self.data, self.log = os.path.join(self.dir, "data"), os.path.join(self.dir, "log")
-        self.port = _free_port()
+        self.port = free_port()
         self.started = False
         self.as_user = []
         if os.geteuid() == 0:  # PostgreSQL will not run as root

@@ -58,6 +58,12 @@ GOOD = [
 RUN_ONLY = [
     ("beam-workers-warm-start", ["--beam-workers", "2", "--warm-start"],
      {"MOVIEREC_BEAM_WORKERS": "2", "MOVIEREC_WARM_START": "true"}),
+    # gs:// (TensorFlow's own): an s3:// root would import tensorflow-io into pytest,
+    # which then aborts at exit (tests/test_object_storage.py runs those as commands)
+    ("object-store-roots", ["--pipeline-root", "gs://movierec-b/root/", "--serving-dir",
+                            "gs://movierec-b/serving"],
+     {"MOVIEREC_PIPELINE_ROOT": "gs://movierec-b/root/",
+      "MOVIEREC_SERVING_DIR": "gs://movierec-b/serving"}),
 ]
 # (id, arguments, variables, variable named, message after "movierec: error: ");
 # "{nowhere}" is a data directory that does not exist.
@@ -78,6 +84,14 @@ BAD = [
      "MOVIEREC_TIMESTAMP_BUCKETS", "timestamp_buckets must be at least 2, got 1"),
     ("missing-data-dir", ["--data-dir", "{nowhere}"], {"MOVIEREC_DATA_DIR": "{nowhere}"},
      "MOVIEREC_DATA_DIR", "data directory does not exist: {nowhere}"),
+    ("root-not-an-object-store", ["--pipeline-root", "ftp://host/root"],
+     {"MOVIEREC_PIPELINE_ROOT": "ftp://host/root"}, "MOVIEREC_PIPELINE_ROOT",
+     "pipeline_root 'ftp://host/root': ftp:// is not an object store this pipeline writes "
+     "to (gs://, s3:// or a local path)"),
+    ("serving-bucket-too-short", ["--serving-dir", "s3://ab/serving"],
+     {"MOVIEREC_SERVING_DIR": "s3://ab/serving"}, "MOVIEREC_SERVING_DIR",
+     "serving_dir 's3://ab/serving': needs a bucket name of 3 or more characters "
+     "(s3://BUCKET/PATH)"),
 ]
 
 
@@ -175,6 +189,11 @@ def test_the_settings_are_not_the_defaults(no_pipeline, ml100k_dir, tmp_path):
     assert bound.beam_pipeline_args == tuple(BEAM_ARGS.split())
     workers = configs["beam-workers-warm-start"]
     assert (workers.beam_workers, workers.warm_start) == (2, True)
+    roots = configs["object-store-roots"]
+    assert (roots.pipeline_root, roots.serving_dir) == ("gs://movierec-b/root",
+                                                        "gs://movierec-b/serving")
+    assert (configs["defaults"].pipeline_root, configs["defaults"].serving_dir) == (
+        str(tmp_path / "pipeline"), str(tmp_path / "serving" / "movierec"))
 
 
 @pytest.mark.parametrize("argv, variables, variable, message", [c[1:] for c in BAD],

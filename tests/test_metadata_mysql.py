@@ -14,14 +14,13 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import progress_states, serving_snapshot
+from conftest import free_port, progress_states, serving_snapshot
 from pipeline import cli, configs, metadata
 from pipeline.errors import UserError
 
@@ -31,12 +30,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 USER, DATABASE = "movierec", "movierec"
 PASSWORD = "s3cr%t:p@ss"  # needs percent-encoding in a URI
 ENCODED = "s3cr%25t%3Ap%40ss"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _one_line_error(capsys, *argv):
@@ -71,7 +64,7 @@ def test_bad_uris_are_one_line_errors(tmp_path, ml100k_dir, capsys):
 
 
 def test_unreachable_server_is_one_line_naming_it(tmp_path, ml100k_dir, capfd):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     uri = f"mysql://{USER}:{ENCODED}@127.0.0.1:{port}/{DATABASE}"
     out = tmp_path / "out"
     for argv in (["run", "--data-dir", str(ml100k_dir), "--output-dir", str(out),
@@ -204,7 +197,7 @@ def mariadb(tmp_path_factory):
         pytest.skip(reason + "; apt-get install mariadb-server, or set "
                     "MOVIEREC_REQUIRE_MARIADB=1 to make this a failure")
     root = tmp_path_factory.mktemp("mariadb")
-    datadir, sock, port = root / "data", root / "mariadb.sock", _free_port()
+    datadir, sock, port = root / "data", root / "mariadb.sock", free_port()
     as_root = ["--user=root"] if os.geteuid() == 0 else []
     subprocess.run([binaries["mariadb-install-db"], "--no-defaults", f"--datadir={datadir}",
                     "--auth-root-authentication-method=normal", "--skip-test-db",

@@ -37,6 +37,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import free_port
 from pipeline import configs
 from trainer import features as F
 
@@ -79,12 +80,6 @@ def worker_environment() -> dict:
         p for p in [str(REPO), env.get("PYTHONPATH", "")] if p)
     env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _listening(port: int) -> bool:
@@ -130,7 +125,7 @@ def _start(module: str, port_flag: str, log_dir: pathlib.Path, env: dict):
     process group of its own, once it accepts connections (a few tries if the port was
     taken meanwhile)."""
     for attempt in range(3):
-        port = _free_port()
+        port = free_port()
         log = log_dir / f"{module.rsplit('.', 1)[-1]}-{attempt}.log"
         with open(log, "w") as out:
             proc = subprocess.Popen(

@@ -40,6 +40,7 @@ from components.movielens_example_gen import movielens, splits
 from components.movielens_example_gen.splits import ratings_sources
 from trainer import examples as ex
 from trainer import features as F
+from trainer import storage
 
 TRAIN, EVAL, CATALOG = F.TRAIN_SPLIT, F.EVAL_SPLIT, F.CATALOG_SPLIT
 _NAMESPACE = "movierec.example_gen"
@@ -153,7 +154,7 @@ def ratings_source(data_dir: str, layout: str, file_name: str | None,
     """What _ReadJoinAndSplit reads: (file name or None for the layout's own, the split its
     ratings go to or None, path, size in bytes, bytes per initial range). Beam's
     filesystems find the size, so the same works for any path they understand."""
-    path = os.path.join(data_dir, file_name or movielens.layout_files(layout)["ratings"])
+    path = storage.join(data_dir, file_name or movielens.layout_files(layout)["ratings"])
     size = FileSystems.get_filesystem(path).size(path)
     return file_name, fixed_split, path, size, range_bytes(size)
 
@@ -305,7 +306,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 f"the {split} split left {counts[TRAIN]} train and {counts[EVAL]} eval "
                 f"ratings; need some of each")
         examples.set_string_custom_property("layout", layout)
-        examples.set_string_custom_property("input_dir", os.path.abspath(data_dir))
+        examples.set_string_custom_property("input_dir", storage.absolute(data_dir))
         examples.set_string_custom_property("input_fingerprint",
                                             exec_properties.get("input_fingerprint", ""))
         examples.set_string_custom_property("split_counts", json.dumps(counts))

@@ -60,6 +60,8 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from typing import Union
 
+from trainer import storage
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 LAYOUTS = ("ml-100k", "ml-1m", "ml-latest")
@@ -180,7 +182,7 @@ def _layout_of(directory: pathlib.Path) -> str | None:
 
 def detect_layout(data_dir: PathLike) -> str:
     """Returns which of :data:`LAYOUTS` the files in ``data_dir`` follow."""
-    directory = pathlib.Path(data_dir)
+    directory = storage.path(data_dir)
     if not directory.is_dir():
         raise DataError(f"data directory does not exist: {directory}")
     layout = _layout_of(directory)
@@ -201,15 +203,16 @@ def detect_layout(data_dir: PathLike) -> str:
     return layout
 
 
-def ratings_path(data_dir: PathLike, layout: str | None = None) -> pathlib.Path:
-    """The ratings file of ``data_dir`` (which need not exist)."""
-    return pathlib.Path(data_dir) / _FILES[_layout(layout, data_dir)][0]
+def ratings_path(data_dir: PathLike, layout: str | None = None):
+    """The ratings file of ``data_dir`` (which need not exist): a pathlib.Path, or a
+    storage.UriPath when ``data_dir`` is a URI."""
+    return storage.path(data_dir) / _FILES[_layout(layout, data_dir)][0]
 
 
-def _existing(data_dir: PathLike, name: str) -> pathlib.Path:
-    path = pathlib.Path(data_dir) / name
+def _existing(data_dir: PathLike, name: str):
+    path = storage.path(data_dir) / name
     if not path.is_file():
-        raise DataError(f"missing {name} in {pathlib.Path(data_dir)}")
+        raise DataError(f"missing {name} in {storage.path(data_dir)}")
     return path
 
 
@@ -307,7 +310,7 @@ def _decoded_lines(path: pathlib.Path, place: _Place | None = None) -> Iterator[
     """Yields the lines of ``path`` one at a time, each decoded as utf-8, else latin-1
     (:func:`_lines` over the whole file)."""
     try:
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             yield from _lines(f, place or _Place(path.name))
     except OSError as e:
         raise DataError(f"cannot read {path.name}: {e.strerror or e}") from None
@@ -458,7 +461,7 @@ def layout_files(layout: str) -> dict[str, str | None]:
 
 def _ratings(path: pathlib.Path, layout: str) -> Iterator[Rating]:
     try:
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             yield from read_ratings(f, path.name, layout)
     except OSError as e:
         raise DataError(f"cannot read {path.name}: {e.strerror or e}") from None
@@ -645,7 +648,7 @@ def read_movies(data_dir: PathLike, layout: str | None = None) -> dict[str, Movi
     """
     layout = _layout(layout, data_dir)
     path = _existing(data_dir, _FILES[layout][1])
-    genres = _ml100k_genres(pathlib.Path(data_dir)) if layout == "ml-100k" else ()
+    genres = _ml100k_genres(storage.path(data_dir)) if layout == "ml-100k" else ()
     separator = _CATALOG_SEPARATOR[layout]
     rows = _rows(path, separator)
     if layout == "ml-latest":
@@ -781,7 +784,7 @@ def fingerprint(data_dir: PathLike) -> str:
     It covers the name, size and modification time (ns) of each file this module reads,
     so it is cheap (no file is read) and changes whenever one of them is rewritten.
     """
-    directory = pathlib.Path(data_dir)
+    directory = storage.path(data_dir)
     if not directory.is_dir():
         raise DataError(f"data directory does not exist: {directory}")
     digest = hashlib.sha256()
