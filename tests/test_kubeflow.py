@@ -125,13 +125,14 @@ def test_json_spec_runs_every_component_in_the_image(tmp_path, ml100k_dir, capsy
                for node in nodes if node.id in tasks)
 
 
-def test_yaml_spec_for_a_directory_only_the_cluster_sees(tmp_path, capsys):
+@pytest.mark.parametrize("data_dir", ["/gcs/bkt/data/ml-1m", "gs://bkt/data/ml-1m"])
+def test_yaml_spec_for_a_directory_only_the_cluster_sees(tmp_path, capsys, data_dir):
     from components.movielens_example_gen import movielens
 
     fingerprint = movielens.fingerprint
     output = tmp_path / "movierec.yaml"
     rc, _, err = _export(capsys, "--output", output, "--image", IMAGE,
-                         "--data-dir", "/gcs/bkt/data/ml-1m", "--pipeline-root", "gs://bkt/r",
+                         "--data-dir", data_dir, "--pipeline-root", "gs://bkt/r",
                          "--serving-dir", "gs://other/models/movierec", "--trials", 2,
                          "--split", "time", "--no-cache")
     assert rc == 0, err
@@ -145,7 +146,7 @@ def test_yaml_spec_for_a_directory_only_the_cluster_sees(tmp_path, capsys):
 
     tasks = spec.root.dag.tasks
     example_gen = _parameters(tasks["MovieLensExampleGen"])
-    assert _value(example_gen["data_dir"]) == "/gcs/bkt/data/ml-1m"
+    assert _value(example_gen["data_dir"]) == data_dir
     assert _value(example_gen["layout"]) == "ml-1m"  # from the directory's name
     assert _value(example_gen["split"]) == "time"
     assert _value(example_gen["input_fingerprint"]) == ""
@@ -158,7 +159,7 @@ def test_yaml_spec_for_a_directory_only_the_cluster_sees(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--data-dir", "gs://bkt/ml-100k"], "use its Cloud Storage FUSE path /gcs/bkt/ml-100k"),
+    (["--data-dir", "https://files.example/ml-100k"], "a gs:// / s3:// URI, not a URL"),
     (["--data-dir", "data/ml-100k"], "--data-dir must be an absolute path"),
     (["--data-dir", "/gcs/bkt/ratings"], "layout is required"),
     (["--layout", "ml-7m"], "unknown MovieLens layout 'ml-7m'"),
