@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import time
 
@@ -34,13 +33,13 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.quality import run_pipeline  # noqa: E402
 from components.movielens_example_gen import movielens  # noqa: E402
 from pipeline.configs import PipelineConfig  # noqa: E402
 from trainer import anchors as A  # noqa: E402
 from trainer import metrics as M  # noqa: E402
 from trainer import replay as R  # noqa: E402
 
-MOVIEREC = str(pathlib.Path(sys.executable).parent / "movierec")
 EVAL_FRACTION = PipelineConfig.__dataclass_fields__["eval_fraction"].default
 COLUMNS = ([f"top_{k}_accuracy" for k in M.TOP_KS]
            + [f"{M.FILTERED}top_{k}_accuracy" for k in M.TOP_KS] + ["rmse"])
@@ -113,21 +112,13 @@ def movierec_scorer(model_dir: str, data_dir: str, layout: str, catalog: np.ndar
 
 
 def run_movierec(data_dir: str, work_dir: str) -> tuple:
-    """A `movierec run --split time --no-cache` into work_dir/movierec; (the trained
-    model's serving dir, the pipeline's own metrics, seconds)."""
-    output = os.path.join(work_dir, "movierec")
-    started = time.time()
-    proc = subprocess.run([MOVIEREC, "run", "--data-dir", data_dir, "--output-dir", output,
-                           "--split", "time", "--no-cache"], capture_output=True, text=True)
-    seconds = time.time() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"movierec run failed: {proc.stderr.strip()}")
-    metrics = json.loads(subprocess.run(
-        [MOVIEREC, "inspect", "metrics", "--output-dir", output, "--json"],
-        capture_output=True, text=True, check=True).stdout)
+    """A cold `movierec run --split time` into work_dir/movierec (benchmarks/quality.py's
+    run_pipeline); (the trained model's serving dir, the pipeline's own metrics)."""
     from tfx.utils import path_utils
 
-    return path_utils.serving_model_path(metrics["model"]), metrics, seconds
+    metrics = run_pipeline(data_dir, os.path.join(work_dir, "movierec"), "--split", "time")
+    metrics.pop("history", None)
+    return path_utils.serving_model_path(metrics["model"]), metrics
 
 
 def measure(name: str, build, requests: R.Requests, batch_size: int) -> dict:
@@ -185,8 +176,8 @@ def main(argv=None) -> dict:
     pipeline_metrics = None
     model_dir = args.movierec_model
     if args.run_movierec and not model_dir:
-        model_dir, pipeline_metrics, seconds = run_movierec(args.data_dir, args.work_dir)
-        setup["movierec_run_s"] = round(seconds, 1)
+        model_dir, pipeline_metrics = run_movierec(args.data_dir, args.work_dir)
+        setup["movierec_run_s"] = pipeline_metrics["wall_s"]
     if model_dir:
         scorer, path = movierec_scorer(model_dir, args.data_dir, layout, catalog)
         rows.append(measure("movierec (no request history)", lambda: scorer, requests,
