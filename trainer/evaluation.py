@@ -25,10 +25,11 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import features as F
+from trainer import metrics as M
 from trainer import signatures as S
 from trainer.data import tfrecord_files
 
-TOP_KS = (1, 5, 10, 50, 100)
+TOP_KS = M.TOP_KS
 USER_KS = (10, 100)
 _SPEC = F.raw_feature_spec((F.QUERY_FEATURES[0], F.QUERY_FEATURES[1],
                             F.MOVIE_FEATURES[0], F.LABEL_FEATURE))
@@ -81,36 +82,10 @@ class _Ranker:
         return np.array([self._column.get(m, -1) for m in movies])
 
     def remove_train(self, scores, users, keep_columns=None):
-        scores = scores.copy()
-        for i, u in enumerate(users):
-            seen = self._train.get(u)
-            if seen is not None and len(seen):
-                keep = scores[i, keep_columns[i]] if keep_columns is not None else None
-                scores[i, seen] = -np.inf
-                if keep_columns is not None and keep_columns[i] >= 0:
-                    scores[i, keep_columns[i]] = keep  # never hide the answer itself
-        return scores
-
-
-def _ranks(scores, columns):
-    truth = scores[np.arange(len(columns)), np.maximum(columns, 0)]
-    ranks = (scores > truth[:, None]).sum(axis=1)
-    return np.where(columns >= 0, ranks, scores.shape[1])  # unknown movie: never found
-
-
-def _rating_metrics(errors) -> dict:
-    errors = np.concatenate(errors) if errors else np.zeros([0])
-    if not len(errors):
-        return {"rating_examples": 0}
-    return {"rmse": float(np.sqrt(np.mean(errors ** 2))),
-            "mae": float(np.mean(np.abs(errors))), "rating_examples": int(len(errors))}
-
-
-def _per_rating_metrics(ranks, prefix) -> dict:
-    ranks = np.concatenate(ranks)
-    out = {f"{prefix}top_{k}_accuracy": float(np.mean(ranks < k)) for k in TOP_KS}
-    out[f"{prefix}mrr"] = float(np.mean(1.0 / (ranks + 1)))
-    return out
+        rows = [np.full(len(self._train.get(u, ())), i) for i, u in enumerate(users)]
+        seen = [self._train.get(u, np.zeros([0], np.int64)) for u in users]
+        return M.without_seen(scores, np.concatenate(rows) if rows else [],
+                              np.concatenate(seen) if seen else [], keep_columns)
 
 
 def _per_user_metrics(ranker, held_out: dict, prefix: str, filtered: bool) -> dict:
@@ -155,21 +130,21 @@ def evaluate(model, batches, rating: bool = True, retrieval: bool = True,
         if retrieval:
             scores = ranker.scores(cols[F.USER_ID], cols[F.TIMESTAMP])
             columns = ranker.columns(cols[F.MOVIE_ID])
-            ranks.append(_ranks(scores, columns))
+            ranks.append(M.ranks(scores, columns))
             if ranker.filtered:
-                filtered_ranks.append(_ranks(
+                filtered_ranks.append(M.ranks(
                     ranker.remove_train(scores, cols[F.USER_ID], columns), columns))
             for u, m, t in zip(cols[F.USER_ID], cols[F.MOVIE_ID], cols[F.TIMESTAMP]):
                 held_out[u].append((m, t))
         if rating:
             predicted = model.signatures[S.SERVING_DEFAULT](**{S.EXAMPLES: batch})[S.RATING]
             errors.append(predicted.numpy() - cols[F.RATING])
-    metrics = _rating_metrics(errors) if rating else {}
+    metrics = M.rating_metrics(errors) if rating else {}
     if retrieval and ranks:
-        metrics.update(_per_rating_metrics(ranks, ""))
+        metrics.update(M.top_k_metrics(ranks, ""))
         metrics.update(_per_user_metrics(ranker, held_out, "", filtered=False))
         if ranker.filtered:
-            metrics.update(_per_rating_metrics(filtered_ranks, "filtered_"))
+            metrics.update(M.top_k_metrics(filtered_ranks, M.FILTERED))
             metrics.update(_per_user_metrics(ranker, held_out, "filtered_", filtered=True))
         metrics["retrieval_examples"] = int(sum(len(r) for r in ranks))
     return metrics

@@ -40,6 +40,7 @@ from components.movielens_example_gen import movielens, splits
 from components.movielens_example_gen.splits import ratings_sources
 from trainer import examples as ex
 from trainer import features as F
+from trainer import replay
 from trainer import storage
 
 TRAIN, EVAL, CATALOG = F.TRAIN_SPLIT, F.EVAL_SPLIT, F.CATALOG_SPLIT
@@ -124,16 +125,16 @@ def split_of(rating: movielens.Rating, fixed_split: str | None, protocol: str, s
     if fixed_split:
         return fixed_split
     if protocol == splits.TIME:
-        return EVAL if rating.timestamp >= cutoff else TRAIN
+        return EVAL if replay.is_held_out(rating.timestamp, cutoff) else TRAIN
     return EVAL if random_bucket(rating, seed) < eval_fraction else TRAIN
 
 
 def time_cutoff(data_dir: str, layout: str, eval_fraction: float) -> int:
-    """The timestamp from which the newest `eval_fraction` of ratings start."""
-    stamps = np.fromiter((r.timestamp for r in movielens.iter_ratings(data_dir, layout)),
-                         dtype=np.int64)
-    stamps.sort()
-    return int(stamps[min(len(stamps) - 1, int(len(stamps) * (1.0 - eval_fraction)))])
+    """The timestamp from which the newest `eval_fraction` of ratings start
+    (trainer.replay.time_cutoff of the layout's ratings)."""
+    return replay.time_cutoff(np.fromiter(
+        (r.timestamp for r in movielens.iter_ratings(data_dir, layout)), dtype=np.int64),
+        eval_fraction)
 
 
 #: Byte ranges a ratings file is first split into (runners split further while they read):

@@ -1,0 +1,195 @@
+"""Replay benchmark (issue 13): the anchors of the replay protocol, and optionally movierec,
+on the same time split, from one invocation.
+
+    .venv/bin/python benchmarks/replay.py [--data-dir ../shared/data/ml-100k]
+        [--work-dir /tmp/movierec-replay] [--movierec-model OUT/serving/movierec]
+        [--run-movierec]
+
+The protocol is trainer/replay.py's: the ratings from the cutoff `movierec run --split
+time` uses (trainer.replay.time_cutoff, the newest 20%) are replayed in time order, each a
+request that knows its user's ratings strictly before it; top-K over the full catalog (the
+layout's movie file), the same with the request's history removed, RMSE. Rows
+(trainer/anchors.py): most popular, EASE on the request's history, global mean + movie
+biases, + the user bias of the request's history, + item-kNN on baseline residuals of the
+request's history. With --movierec-model (a pushed serving dir, or one version), or
+--run-movierec (a `movierec run --split time` into --work-dir first; its trained model is
+scored even when the blessing refused it), also movierec through its exported
+`score_catalog` and `serving_default` signatures, which take no request history today.
+Any layout `movierec run` reads works with --data-dir. Prints a markdown table; writes
+replay.json into --work-dir. Wall time per row: fitting and scoring every request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.quality import run_pipeline  # noqa: E402
+from components.movielens_example_gen import movielens  # noqa: E402
+from pipeline.configs import PipelineConfig  # noqa: E402
+from trainer import anchors as A  # noqa: E402
+from trainer import metrics as M  # noqa: E402
+from trainer import replay as R  # noqa: E402
+
+EVAL_FRACTION = PipelineConfig.__dataclass_fields__["eval_fraction"].default
+COLUMNS = ([f"top_{k}_accuracy" for k in M.TOP_KS]
+           + [f"{M.FILTERED}top_{k}_accuracy" for k in M.TOP_KS] + ["rmse"])
+
+
+def read_ratings(data_dir: str, layout: str) -> R.Ratings:
+    """Every rating of the layout's ratings file, through the product's reader."""
+    rows = [(r.user_id, r.movie_id, r.rating, r.timestamp)
+            for r in movielens.iter_ratings(data_dir, layout)]
+    user, movie, rating, stamp = zip(*rows)
+    return R.Ratings.of(np.array(user), np.array(movie), rating, stamp)
+
+
+def anchor_rows(train: R.Ratings, catalog: np.ndarray) -> list:
+    """(name, a function building the scorer) per anchor, in the table's order."""
+    baseline = []
+
+    def fitted_baseline():
+        if not baseline:
+            baseline.append(A.biases(train, catalog))
+        return baseline[0]
+
+    return [
+        ("most popular (training counts; RMSE: global mean)",
+         lambda: A.most_popular(train, catalog)),
+        (f"EASE (λ = {A.EASE_LAMBDA:g}) on the request's history",
+         lambda: A.ease(train, catalog)),
+        ("global mean + movie biases", lambda: fitted_baseline().scorer(with_user=False)),
+        ("+ user bias from the request's history",
+         lambda: fitted_baseline().scorer(with_user=True)),
+        (f"+ item-kNN on baseline residuals of the history (k = {A.KNN_K}, shrunk Pearson "
+         f"n/(n+{A.KNN_SHRINKAGE:g}))", lambda: A.item_knn(train, catalog, fitted_baseline())),
+    ]
+
+
+def movierec_scorer(model_dir: str, data_dir: str, layout: str, catalog: np.ndarray):
+    """movierec through its signatures: score_catalog (user, time) for the ranking,
+    serving_default (the rating's joined tf.Example, with its time) for the rating."""
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    from components.movielens_example_gen.executor import ExampleEncoder
+    from serving import versions
+    from serving.model import movie_catalog
+    from trainer import saved_model
+    from trainer import signatures as S
+
+    path = versions.resolve(model_dir) if versions.on_disk(model_dir) else model_dir
+    model = saved_model.load(path)
+    model_ids, _ = movie_catalog(model)
+    column_of = R.lookup(np.array(model_ids), catalog)  # model column of each catalog movie
+    score_catalog = model.signatures[S.SCORE_CATALOG]
+    serving_default = model.signatures[S.SERVING_DEFAULT]
+    encoder = ExampleEncoder(movielens.read_movies(data_dir, layout),
+                             movielens.read_users(data_dir, layout))
+
+    def score(batch: R.Requests):
+        out = score_catalog(**{S.USER_ID: tf.constant(batch.user.astype(str)),
+                               S.TIMESTAMP: tf.constant(batch.timestamp, tf.int64)})
+        model_scores = out[S.SCORES].numpy()
+        scores = np.where(column_of >= 0, model_scores[:, np.maximum(column_of, 0)], -np.inf)
+        examples = [encoder.encode(movielens.Rating(str(u), str(m), float(r), int(t)))
+                    for u, m, r, t in zip(batch.user, batch.movie, batch.rating,
+                                          batch.timestamp)]
+        predicted = serving_default(**{S.EXAMPLES: tf.constant(examples)})[S.RATING]
+        return scores, predicted.numpy().reshape(-1)
+
+    return score, path
+
+
+def run_movierec(data_dir: str, work_dir: str) -> tuple:
+    """A cold `movierec run --split time` into work_dir/movierec (benchmarks/quality.py's
+    run_pipeline); (the trained model's serving dir, the pipeline's own metrics)."""
+    from tfx.utils import path_utils
+
+    metrics = run_pipeline(data_dir, os.path.join(work_dir, "movierec"), "--split", "time")
+    metrics.pop("history", None)
+    return path_utils.serving_model_path(metrics["model"]), metrics
+
+
+def measure(name: str, build, requests: R.Requests, batch_size: int) -> dict:
+    started = time.time()
+    metrics = R.evaluate(requests, build(), batch_size)
+    row = {"model": name, **metrics, "wall_s": round(time.time() - started, 1)}
+    print(f"  {name}: {row['wall_s']} s", file=sys.stderr)
+    return row
+
+
+def table(rows: list) -> str:
+    def cell(row, key):
+        return f"{row[key]:.4f}" if key in row else "–"
+
+    header = ["model", *(c.replace("_accuracy", "").replace("_", " ") for c in COLUMNS),
+              "wall"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in rows:
+        lines.append("| " + " | ".join([row["model"], *(cell(row, c) for c in COLUMNS),
+                                        f"{row['wall_s']} s"]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared/data/ml-100k"))
+    parser.add_argument("--work-dir", default="/tmp/movierec-replay")
+    parser.add_argument("--eval-fraction", type=float, default=EVAL_FRACTION)
+    parser.add_argument("--batch-size", type=int, default=R.DEFAULT_BATCH)
+    parser.add_argument("--movierec-model", default="",
+                        help="a pushed serving dir (OUT/serving/movierec) or a version dir")
+    parser.add_argument("--run-movierec", action="store_true",
+                        help="run `movierec run --split time` into --work-dir and score it")
+    args = parser.parse_args(argv)
+    os.makedirs(args.work_dir, exist_ok=True)
+
+    started = time.time()
+    layout = movielens.detect_layout(args.data_dir)
+    ratings = read_ratings(args.data_dir, layout)
+    catalog = np.array(sorted(movielens.read_movies(args.data_dir, layout)))
+    cutoff = R.time_cutoff(ratings.timestamp, args.eval_fraction)
+    train, held_out = ratings.split(cutoff)
+    requests = R.requests(train, held_out, catalog)
+    new_users = ~np.isin(requests.user, train.user)
+    setup = {"data_dir": args.data_dir, "layout": layout, "ratings": len(ratings),
+             "train": len(train), "held_out": len(held_out), "catalog": len(catalog),
+             "cutoff": cutoff, "eval_fraction": args.eval_fraction,
+             "held_out_from_new_users": float(np.mean(new_users)),
+             "requests_without_history": int(np.sum(requests.history_length == 0)),
+             "read_s": round(time.time() - started, 1)}
+    print(f"replay: {setup}", file=sys.stderr)
+
+    rows = [measure(name, build, requests, args.batch_size)
+            for name, build in anchor_rows(train, catalog)]
+    pipeline_metrics = None
+    model_dir = args.movierec_model
+    if args.run_movierec and not model_dir:
+        model_dir, pipeline_metrics = run_movierec(args.data_dir, args.work_dir)
+        setup["movierec_run_s"] = pipeline_metrics["wall_s"]
+    if model_dir:
+        scorer, path = movierec_scorer(model_dir, args.data_dir, layout, catalog)
+        rows.append(measure("movierec (no request history)", lambda: scorer, requests,
+                            args.batch_size))
+        setup["movierec_model"] = path
+
+    result = {"setup": setup, "rows": rows, "pipeline_metrics": pipeline_metrics}
+    with open(os.path.join(args.work_dir, "replay.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    print(table(rows))
+    return result
+
+
+if __name__ == "__main__":
+    main()
