@@ -22,6 +22,7 @@ replay.json into --work-dir. Wall time per row: fitting and scoring every reques
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -76,37 +77,35 @@ def anchor_rows(train: R.Ratings, catalog: np.ndarray) -> list:
 
 
 def movierec_scorer(model_dir: str, data_dir: str, layout: str, catalog: np.ndarray):
-    """movierec through its signatures: score_catalog (user, time) for the ranking,
-    serving_default (the rating's joined tf.Example, with its time) for the rating."""
+    """movierec through its signatures (trainer.evaluation.replay_scorer: score_catalog for
+    the ranking, serving_default on the rating's joined tf.Example for the rating), its
+    columns mapped onto the benchmark's catalog."""
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
-
     from components.movielens_example_gen.executor import ExampleEncoder
     from serving import versions
     from serving.model import movie_catalog
-    from trainer import saved_model
-    from trainer import signatures as S
+    from trainer import evaluation, saved_model
 
     path = versions.resolve(model_dir) if versions.on_disk(model_dir) else model_dir
     model = saved_model.load(path)
     model_ids, _ = movie_catalog(model)
     column_of = R.lookup(np.array(model_ids), catalog)  # model column of each catalog movie
-    score_catalog = model.signatures[S.SCORE_CATALOG]
-    serving_default = model.signatures[S.SERVING_DEFAULT]
     encoder = ExampleEncoder(movielens.read_movies(data_dir, layout),
                              movielens.read_users(data_dir, layout))
 
+    def examples_of(batch: R.Requests):
+        return [encoder.encode(movielens.Rating(str(u), str(m), float(r), int(t)))
+                for u, m, r, t in zip(batch.user, batch.movie, batch.rating,
+                                      batch.timestamp)]
+
+    through_signatures = evaluation.replay_scorer(model, examples_of)
+
     def score(batch: R.Requests):
-        out = score_catalog(**{S.USER_ID: tf.constant(batch.user.astype(str)),
-                               S.TIMESTAMP: tf.constant(batch.timestamp, tf.int64)})
-        model_scores = out[S.SCORES].numpy()
+        model_scores, predicted = through_signatures(
+            dataclasses.replace(batch, user=batch.user.astype(str)))
         scores = np.where(column_of >= 0, model_scores[:, np.maximum(column_of, 0)], -np.inf)
-        examples = [encoder.encode(movielens.Rating(str(u), str(m), float(r), int(t)))
-                    for u, m, r, t in zip(batch.user, batch.movie, batch.rating,
-                                          batch.timestamp)]
-        predicted = serving_default(**{S.EXAMPLES: tf.constant(examples)})[S.RATING]
-        return scores, predicted.numpy().reshape(-1)
+        return scores, predicted
 
     return score, path
 

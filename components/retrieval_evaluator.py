@@ -24,6 +24,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import io_utils, path_utils
 
 from trainer import features as F
+from trainer import metrics as M
 
 METRICS_FILE = "metrics.json"
 
@@ -32,6 +33,11 @@ class RetrievalEvaluation(types.Artifact):
     """Retrieval metrics of one model on one eval split."""
 
     TYPE_NAME = "movierec.RetrievalEvaluation"
+
+
+# How the held-out split is measured (the `protocol` of metrics.json and of `inspect
+# metrics`): a time split by REPLAY, every other split HELD_OUT.
+HELD_OUT, REPLAY, PROTOCOLS = M.HELD_OUT, M.REPLAY, M.PROTOCOLS
 
 
 def read_metrics(artifact_uri: str) -> dict:
@@ -69,19 +75,35 @@ def RetrievalEvaluator(
     metric: Parameter[str] = "top_100_accuracy",
     tolerance: Parameter[float] = 0.01,
     floor: Parameter[float] = 0.0,
+    protocol: Parameter[str] = HELD_OUT,
 ):
-    """Retrieval metrics of `model` (and `baseline_model`) on `split`; the final blessing."""
+    """Retrieval metrics of `model` (and `baseline_model`) on `split` by `protocol`; the
+    final blessing.
+
+    HELD_OUT: each held-out rating ranked for its user at its time, "filtered" without the
+    movies the user rated in training, plus per-user recall / nDCG. REPLAY (a time
+    split): the held-out ratings replayed in time order, each a request that knows its
+    user's earlier ratings (train and replay), "filtered" without them (trainer/replay.py).
+    """
     from trainer import evaluation as ev  # TensorFlow loads only when the component runs
     from trainer import saved_model
 
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
     split_uri = artifact_utils.get_split_uri([examples], split)
-    train_rated = ev.rated_movies(ev.serialized_batches(
-        artifact_utils.get_split_uri([examples], F.TRAIN_SPLIT)))
+    train_uri = artifact_utils.get_split_uri([examples], F.TRAIN_SPLIT)
+    train_rated = (ev.rated_movies(ev.serialized_batches(train_uri))
+                   if protocol == HELD_OUT else None)
 
     def measure(artifact):
         served = saved_model.load(path_utils.serving_model_path(artifact.uri))
-        return ev.evaluate(served, ev.serialized_batches(split_uri, max_examples=max_examples),
-                           rating=False, train_rated=train_rated)
+        if protocol == REPLAY:
+            return ev.evaluate_replay(served, ev.serialized_batches(train_uri),
+                                      ev.serialized_batches(split_uri), rating=False,
+                                      max_requests=max_examples)
+        return {"protocol": HELD_OUT, **ev.evaluate(
+            served, ev.serialized_batches(split_uri, max_examples=max_examples),
+            rating=False, train_rated=train_rated)}
 
     metrics = measure(model)
     baseline = measure(baseline_model) if baseline_model is not None else None
@@ -92,8 +114,10 @@ def RetrievalEvaluator(
         json.dump({**metrics, **({f"baseline_{k}": v for k, v in baseline.items()}
                                  if baseline else {})}, f, indent=1, sort_keys=True)
     for name, value in metrics.items():
-        evaluation.set_float_custom_property(name, float(value))
+        if name != "protocol":
+            evaluation.set_float_custom_property(name, float(value))
     evaluation.set_string_custom_property("split", split)
+    evaluation.set_string_custom_property("protocol", protocol)
 
     blessed, reason = decide(
         rating_blessing.get_int_custom_property("blessed") == 1, metrics[metric],

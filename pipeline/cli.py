@@ -15,6 +15,7 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide CUDA-probe noise on CPU hosts
 
 from pipeline.errors import UserError  # noqa: E402
+from trainer.metrics import HELD_OUT, REPLAY  # noqa: E402  (numpy only)
 
 DEFAULT_DATASET = "ml-100k"
 # Modules that add subcommands of their own (each has add_commands(subparsers)).
@@ -386,11 +387,19 @@ def cmd_evaluate(args) -> int:
 
     model_dir = versions.resolve(args.model)
     model = saved_model.load(model_dir)
-    train_rated = (evaluation.rated_movies(_example_batches(args.data_dir,
-                                                            args.train_ratings_file))
-                   if args.train_ratings_file else None)
-    metrics = evaluation.evaluate(model, _example_batches(args.data_dir, args.ratings_file),
-                                  train_rated=train_rated)
+    if args.protocol == REPLAY:
+        # the requests know the earlier ratings of --train-ratings-file and of the replay
+        metrics = evaluation.evaluate_replay(
+            model, _example_batches(args.data_dir, args.train_ratings_file)
+            if args.train_ratings_file else [],
+            _example_batches(args.data_dir, args.ratings_file))
+    else:
+        train_rated = (evaluation.rated_movies(_example_batches(args.data_dir,
+                                                                args.train_ratings_file))
+                       if args.train_ratings_file else None)
+        metrics = {"protocol": HELD_OUT, **evaluation.evaluate(
+            model, _example_batches(args.data_dir, args.ratings_file),
+            train_rated=train_rated)}
     metrics["model"] = model_dir
     if args.json:
         print(json.dumps(metrics, sort_keys=True))
@@ -474,7 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "e.g. u1.test")
     evaluate.add_argument("--train-ratings-file",
                           help="the ratings the model was trained on (e.g. u1.base): adds the "
-                          "filtered protocol (those movies removed from each user's ranking)")
+                          "filtered metrics (those movies removed from each user's ranking); "
+                          "with --protocol replay, the requests' earlier history")
+    evaluate.add_argument("--protocol", choices=(HELD_OUT, REPLAY), default=HELD_OUT,
+                          help=f"{HELD_OUT}: each rating ranked for its user at its time "
+                          f"(default); {REPLAY}: the ratings replayed in time order, each a "
+                          "request knowing its user's earlier ratings (filtered: those "
+                          "removed), as the pipeline measures a time split")
     evaluate.add_argument("--json", action="store_true", help="one JSON object")
     evaluate.set_defaults(func=cmd_evaluate)
 

@@ -18,6 +18,8 @@ from tfx.types.channel import Channel
 
 from components.baseline_resolver import LatestBlessedBaselineStrategy
 from components.movielens_example_gen.component import MovieLensExampleGen
+from components import retrieval_evaluator as retrieval_evaluator_lib
+from components.movielens_example_gen import splits
 from components.retrieval_evaluator import RetrievalEvaluator
 from components.validation_gate import SchemaGate
 from pipeline import configs
@@ -139,6 +141,8 @@ def create_pipeline(config: configs.PipelineConfig) -> Pipeline:
         rating_blessing=evaluator.outputs["blessing"], split=F.EVAL_SPLIT,
         max_examples=config.retrieval_max_examples, metric=config.retrieval_metric,
         tolerance=config.retrieval_tolerance, floor=config.retrieval_floor,
+        protocol=retrieval_evaluator_lib.REPLAY if config.split == splits.TIME
+        else retrieval_evaluator_lib.HELD_OUT,
     ).with_id(RETRIEVAL_EVALUATOR_ID)
 
     # Only a blessed model reaches the serving directory.

@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from trainer import features as F
 from trainer import metrics as M
+from trainer import replay
 from trainer import signatures as S
 from trainer.data import tfrecord_files
 
@@ -148,3 +149,54 @@ def evaluate(model, batches, rating: bool = True, retrieval: bool = True,
             metrics.update(_per_user_metrics(ranker, held_out, "filtered_", filtered=True))
         metrics["retrieval_examples"] = int(sum(len(r) for r in ranks))
     return metrics
+
+
+# --- the replay protocol (trainer/replay.py) through the signatures -------------------------
+def example_ratings(batches, keep_examples: bool = False):
+    """(replay.Ratings of batches of serialized rating examples, the serialized examples
+    in the same order, or None unless keep_examples)."""
+    columns = {k: [] for k in (F.USER_ID, F.MOVIE_ID, F.RATING, F.TIMESTAMP)}
+    examples = [] if keep_examples else None
+    for batch in batches:
+        parsed = tf.io.parse_example(batch, _SPEC)
+        for key in columns:
+            columns[key].append(parsed[key].numpy().reshape(-1))
+        if keep_examples:
+            examples.extend(np.asarray(batch).reshape(-1).tolist())
+    joined = {k: np.concatenate(v) if v else np.zeros([0]) for k, v in columns.items()}
+    return replay.Ratings.of(joined[F.USER_ID].astype(bytes), joined[F.MOVIE_ID].astype(bytes),
+                             joined[F.RATING], joined[F.TIMESTAMP]), examples
+
+
+def replay_scorer(model, examples_of=None) -> replay.Scorer:
+    """A replay.Scorer of an exported model: the ranking from `score_catalog` (the user
+    and the request's time; the model's columns are the requests' catalog), the rating
+    from `serving_default` on `examples_of(batch)`, the batch's serialized rating examples
+    (None: no rating)."""
+    score = model.signatures[S.SCORE_CATALOG]
+    rate = model.signatures[S.SERVING_DEFAULT]
+
+    def scorer(batch: replay.Requests):
+        scores = score(**{S.USER_ID: tf.constant(batch.user),
+                          S.TIMESTAMP: tf.constant(batch.timestamp, tf.int64)})[S.SCORES]
+        predicted = None
+        if examples_of is not None:
+            predicted = rate(**{S.EXAMPLES: tf.constant(examples_of(batch))})[S.RATING]
+            predicted = predicted.numpy().reshape(-1)
+        return scores.numpy(), predicted
+
+    return scorer
+
+
+def evaluate_replay(model, train_batches, held_out_batches, rating: bool = True,
+                    max_requests: int = 0, seed: int = 0) -> dict:
+    """The replay protocol's metrics (trainer/replay.py) of `model`: the held-out ratings
+    (batches of serialized examples) replayed in time order, each knowing its user's
+    earlier ratings in the train batches and in the replay; over the model's catalog.
+    max_requests > 0: a seeded sample of that many requests."""
+    train, _ = example_ratings(train_batches)
+    held_out, examples = example_ratings(held_out_batches, keep_examples=rating)
+    catalog = np.asarray(model.movie_ids.numpy()).reshape(-1).astype(bytes)
+    requests = replay.sample(replay.requests(train, held_out, catalog), max_requests, seed)
+    examples_of = (lambda batch: [examples[i] for i in batch.source]) if rating else None
+    return replay.evaluate(requests, replay_scorer(model, examples_of))

@@ -19,6 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 
+# How held-out ratings are measured (the `protocol` of a run's metrics): HELD_OUT ranks
+# each one for its user at its time (trainer/evaluation.py); REPLAY replays them in time
+# order as requests that know the user's earlier ratings (trainer/replay.py, a time split).
+HELD_OUT, REPLAY = "heldout", "replay"
+PROTOCOLS = (HELD_OUT, REPLAY)
 TOP_KS = (1, 5, 10, 50, 100)
 FILTERED = "filtered_"
 NOT_FOUND = np.iinfo(np.int64).max // 2  # the rank of a movie outside the catalog

@@ -26,6 +26,7 @@ import numpy as np
 from trainer import metrics as M
 
 DEFAULT_BATCH = 1024
+PROTOCOL = M.REPLAY  # the `protocol` of the metrics `evaluate` returns
 
 
 # --- the split ------------------------------------------------------------------------------
@@ -103,10 +104,12 @@ class Requests:
     """Held-out ratings as requests, in time order (ties in their input order).
 
     Per request: raw user and movie ids, the movie's catalog column (-1: not in the
-    catalog), the true rating, the time, and its history `known[start:end]` (the user's
-    ratings strictly before the time). `catalog` holds the movie ids of the columns."""
+    catalog), the true rating, the time, its history `known[start:end]` (the user's
+    ratings strictly before the time) and `source`, its position in the held-out ratings
+    it came from. `catalog` holds the movie ids of the columns."""
 
     catalog: np.ndarray
+    source: np.ndarray
     user: np.ndarray
     movie: np.ndarray
     column: np.ndarray
@@ -131,7 +134,7 @@ class Requests:
 
     def take(self, index) -> "Requests":
         return dataclasses.replace(
-            self, user=self.user[index], movie=self.movie[index], column=self.column[index],
+            self, source=self.source[index], user=self.user[index], movie=self.movie[index], column=self.column[index],
             rating=self.rating[index], timestamp=self.timestamp[index],
             start=self.start[index], end=self.end[index])
 
@@ -182,7 +185,7 @@ def requests(train: Ratings, held_out: Ratings, catalog=None) -> Requests:
     first_of_user = user_code[time_order].astype(np.int64) * (len(stamps) + 1)
     start = np.searchsorted(sorted_key, first_of_user, side="left")
     end = np.searchsorted(sorted_key, key[time_order], side="left")
-    return Requests(catalog, user[time_order], movie[time_order],
+    return Requests(catalog, time_order - len(train), user[time_order], movie[time_order],
                     lookup(catalog, movie[time_order]), rating[time_order], stamp[time_order],
                     start, end, known)
 
@@ -199,6 +202,15 @@ def filtered_scores(batch: Requests, scores: np.ndarray) -> np.ndarray:
     return M.without_seen(scores, rows, batch.known.column[at], batch.column)
 
 
+def sample(requests_: Requests, size: int, seed: int = 0) -> Requests:
+    """A seeded sample of `size` requests (all of them when there are no more), in time
+    order; their histories stay whole."""
+    if size <= 0 or len(requests_) <= size:
+        return requests_
+    keep = np.random.default_rng(seed).choice(len(requests_), size, replace=False)
+    return requests_.take(np.sort(keep))
+
+
 def evaluate(requests_: Requests, scorer: Scorer, batch_size: int = DEFAULT_BATCH) -> dict:
     """The replay metrics of `scorer` on `requests_`: top_K_accuracy, mrr and their
     filtered_ versions where it scores the catalog; rmse, mae where it predicts ratings;
@@ -212,7 +224,7 @@ def evaluate(requests_: Requests, scorer: Scorer, batch_size: int = DEFAULT_BATC
             filtered.append(M.ranks(filtered_scores(batch, scores), batch.column))
         if predicted is not None:
             errors.append(np.asarray(predicted, dtype=np.float64).reshape(-1) - batch.rating)
-    out = {"requests": len(requests_)}
+    out = {"protocol": PROTOCOL, "requests": len(requests_)}
     if ranks:
         out.update(M.top_k_metrics(ranks))
         out.update(M.top_k_metrics(filtered, M.FILTERED))

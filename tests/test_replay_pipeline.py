@@ -1,0 +1,100 @@
+"""A time split is measured by the replay protocol (issue 13), in the pipeline and from
+outside: `movierec run --split time` on tiny data, then its metrics against a slow,
+obvious Python loop over the model's own `score_catalog` answers, and against `movierec
+evaluate --protocol replay` on the same ratings as two files of a MovieLens directory."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import cli
+
+FAST = ["--epochs", "3", "--batch-size", "256", "--rmse-upper-bound", "2.0",
+        "--beam-pipeline-args=--direct_num_workers=1 --direct_running_mode=in_memory"]
+TOP_KS = (1, 5, 10, 50, 100)
+
+
+def _json(capsys, *argv) -> dict:
+    capsys.readouterr()
+    assert cli.main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def time_run(tmp_path_factory, ml100k_dir):
+    out = tmp_path_factory.mktemp("replay-run") / "output"
+    assert cli.main(["run", "--data-dir", str(ml100k_dir), "--output-dir", str(out),
+                     "--split", "time", *FAST]) == 0
+    return out
+
+
+def _ratings(uri: str):
+    """(user, movie, rating, timestamp) of every example of an Examples split, read with
+    tf.data and the proto, not through the product's evaluators."""
+    files = tf.io.gfile.glob(f"{uri}/*.gz")
+    out = []
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        example = tf.train.Example.FromString(record.numpy())
+        f = example.features.feature
+        out.append((f["user_id"].bytes_list.value[0].decode(),
+                    f["movie_id"].bytes_list.value[0].decode(),
+                    f["rating"].float_list.value[0], f["timestamp"].int64_list.value[0]))
+    return out
+
+
+def test_a_time_split_is_measured_by_replay(time_run, capsys):
+    shown = _json(capsys, "inspect", "metrics", "--output-dir", str(time_run))
+    assert shown["protocol"] == "replay"
+    train = _ratings(f"{shown['examples']}/Split-train")
+    held = _ratings(f"{shown['examples']}/Split-eval")
+    assert max(t for *_, t in train) < min(t for *_, t in held)  # one time cutoff
+
+    model = tf.saved_model.load(f"{shown['model']}/Format-Serving")
+    catalog = [m.decode() for m in model.movie_ids.numpy()]
+    score = model.signatures["score_catalog"]
+    ranks, filtered = [], []
+    everything = train + held
+    for user, movie, _, stamp in sorted(held, key=lambda r: r[3]):
+        scores = score(user_id=tf.constant([user]),
+                       timestamp=tf.constant([stamp], tf.int64))["scores"].numpy()[0]
+        truth = scores[catalog.index(movie)]
+        ranks.append(sum(s > truth for s in scores))
+        before = {m for u, m, _, t in everything if u == user and t < stamp} - {movie}
+        filtered.append(sum(s > truth for m, s in zip(catalog, scores) if m not in before))
+    for k in TOP_KS:
+        assert shown[f"top_{k}_accuracy"] == pytest.approx(np.mean(np.array(ranks) < k),
+                                                           abs=1e-9)
+        assert shown[f"filtered_top_{k}_accuracy"] == pytest.approx(
+            np.mean(np.array(filtered) < k), abs=1e-9)
+    # the history hides movies, so filtering can only help; here it does
+    assert shown["filtered_top_10_accuracy"] > shown["top_10_accuracy"]
+    assert shown["requests"] == len(held)
+
+
+def test_evaluate_replays_outside_ratings_as_the_pipeline_does(time_run, ml100k_dir,
+                                                               tmp_path, capsys):
+    shown = _json(capsys, "inspect", "metrics", "--output-dir", str(time_run))
+    train = _ratings(f"{shown['examples']}/Split-train")
+    held = _ratings(f"{shown['examples']}/Split-eval")
+    data = tmp_path / "ml-100k"
+    shutil.copytree(ml100k_dir, data)
+    for name, rows in (("old.base", train), ("new.test", held)):
+        (data / name).write_text("".join(f"{u}\t{m}\t{int(r)}\t{t}\n"
+                                         for u, m, r, t in rows))
+    replayed = _json(capsys, "evaluate", "--model", f"{shown['model']}/Format-Serving",
+                     "--data-dir", str(data), "--protocol", "replay",
+                     "--ratings-file", "new.test", "--train-ratings-file", "old.base")
+    assert replayed["protocol"] == "replay" and replayed["requests"] == len(held)
+    for key in ("top_10_accuracy", "top_100_accuracy", "filtered_top_10_accuracy",
+                "filtered_top_100_accuracy", "mrr", "filtered_mrr"):
+        assert replayed[key] == pytest.approx(shown[key], abs=1e-9), key
+    assert replayed["rmse"] == pytest.approx(shown["rmse"], abs=1e-4)
+
+    # the held-out protocol is still the default of `evaluate`
+    plain = _json(capsys, "evaluate", "--model", f"{shown['model']}/Format-Serving",
+                  "--data-dir", str(data), "--ratings-file", "new.test")
+    assert plain["protocol"] == "heldout"
+    assert plain["top_10_accuracy"] == pytest.approx(shown["top_10_accuracy"], abs=1e-9)
