@@ -353,15 +353,23 @@ def build_dag(environ: Mapping[str, str] | None = None):
     _adapt_to_legacy_drivers(tfx_pipeline)
     runner = AirflowDagRunner(AirflowPipelineConfig(airflow_dag_config=dag_settings))
     dag = runner.run(tfx_pipeline)
-    add_output_lock(dag, config.output_dir)
+    add_output_lock(dag, config.output_dir, config.metadata_source, config.metadata_scope)
     return dag
 
 
 # ---------------------------------------------------------------- the output-dir lock
-def add_output_lock(dag, output_dir: str) -> None:
+def add_output_lock(dag, output_dir: str, metadata_source: str | None = None,
+                    metadata_scope: str | None = None) -> None:
     """Wraps the DAG's tasks in a setup task that takes `output_dir`'s lock (before the
     roots) and a teardown task that gives it back (after the leaves, whatever their
-    outcome); every other task checks the lock before it starts."""
+    outcome); every other task checks the lock, and tidies what earlier attempts left in
+    ML Metadata (`metadata_source`: the store, default OUT/metadata.sqlite;
+    `metadata_scope`: the pipeline that is the DAG's in a shared store), before it
+    starts."""
+    check = functools.partial(
+        _check_task, output_dir,
+        metadata_source=metadata_source or os.path.join(output_dir, "metadata.sqlite"),
+        metadata_scope=metadata_scope)
     from airflow.operators.python import PythonOperator
 
     tasks, roots, leaves = list(dag.tasks), list(dag.roots), list(dag.leaves)
@@ -376,8 +384,7 @@ def add_output_lock(dag, output_dir: str) -> None:
     leaves >> unlock
     for task in tasks:
         if hasattr(task, "_pre_execute_hook"):  # BaseOperator's pre_execute= argument
-            task._pre_execute_hook = _chained(functools.partial(_check_task, output_dir),
-                                              task._pre_execute_hook)
+            task._pre_execute_hook = _chained(check, task._pre_execute_hook)
 
 
 def _chained(first: Callable, then: Callable | None) -> Callable:
@@ -407,29 +414,30 @@ def _lock_task(output_dir: str, **context) -> None:
     print(f"{output_dir} is locked for {dag_id} {run_id} (holder pid {lease['pid']})")
 
 
-def _check_task(output_dir: str, context) -> None:
+def _check_task(output_dir: str, context, metadata_source: str,
+                metadata_scope: str | None) -> None:
     dag_id, run_id, watch_pid = _run_of(context)
     ensure_lock(output_dir, dag_id, run_id, watch_pid=watch_pid,
                 run_active=_dag_run_active)
-    _close_earlier_attempts(output_dir, context["ti"])
+    _close_earlier_attempts(metadata_source, metadata_scope, context["ti"])
 
 
-def _close_earlier_attempts(output_dir: str, ti) -> int:
+def _close_earlier_attempts(source: str, scope: str | None, ti) -> int:
     """Before a component task runs its component: what an earlier attempt of the task in
     this DAG run left in ML Metadata (its process was killed, or it failed) is set aside
     (metadata.set_aside_attempt: its open execution CANCELED, so that this attempt is an
     execution of its own), and executions of the component that earlier DAG runs left open
     are closed, as `movierec run` does after a killed run. Safe while the lock is held:
     only one attempt of a task runs at a time, and only one DAG run is active. Returns how
-    many executions were set aside or closed."""
+    many executions were set aside or closed. `source`: the ML Metadata store (a SQLite
+    path or a mysql:// URI); `scope`: the DAG's pipeline in a shared store."""
     from pipeline import metadata
 
-    path = os.path.join(output_dir, "metadata.sqlite")
     attempt = (f"Airflow task {ti.task_id} of {ti.run_id} ended before this execution "
                f"finished; try {ti.try_number} runs it again")
-    set_aside = metadata.set_aside_attempt(path, ti.dag_id, ti.run_id, ti.task_id, attempt)
+    set_aside = metadata.set_aside_attempt(source, ti.dag_id, ti.run_id, ti.task_id, attempt)
     closed = metadata.close_interrupted(
-        path, component=ti.task_id,
+        source, pipeline_name=scope, component=ti.task_id,
         reason=f"the DAG run was stopped before this execution finished (found by "
                f"{ti.run_id})")
     if set_aside:

@@ -715,7 +715,7 @@ def _cancel(store, executions, reason: str) -> None:
         store.put_artifacts(pending)
 
 
-def set_aside_attempt(path: str, pipeline_name: str, run_id: str, component: str,
+def set_aside_attempt(source: str, pipeline_name: str, run_id: str, component: str,
                       reason: str) -> int:
     """Before a component runs again within the same run of TFX's Airflow runner (an
     Airflow retry, or a task cleared by hand): what the earlier attempt left in ML Metadata
@@ -731,10 +731,10 @@ def set_aside_attempt(path: str, pipeline_name: str, run_id: str, component: str
     executions are renamed '<name>@attempt-<k>' (component_id of the executions; the
     context keeps the component's id, which `inspect` shows). (Artifacts cannot be
     renamed: the Airflow DAG's drivers give the new attempt's outputs names of their
-    own.)"""
-    if not os.path.isfile(path):
+    own.) `source`: a SQLite path or a mysql:// URI."""
+    if not exists(source):
         return 0
-    store = _connect(path, writable=True)
+    store = _connect(source, writable=True)
     contexts = store.get_contexts_by_type(COMPONENT_RUN_CONTEXT)
 
     def values(context):
