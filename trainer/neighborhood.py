@@ -19,6 +19,8 @@ request would not know; the rated movie's own rating never counts.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import tensorflow as tf
 
@@ -82,15 +84,25 @@ def similar_movies(users, movies, ratings, num_movies: int, k: int):
     return ids, sims
 
 
-def _sorted_log(keys, *columns):
-    """Rows sorted by key, after a sentinel row (key -1) that no query matches."""
+def _log_order(keys) -> np.ndarray:
+    """The order of a log's rows: by key (stable)."""
     order = np.argsort(keys, kind="stable")
+    return order.astype(np.int32) if len(order) < 2**31 else order
+
+
+def _sorted_log(order, keys, *columns):
+    """Rows in `order`, after a sentinel row (key -1) that no query matches."""
     return (np.concatenate([[-1], np.asarray(keys)[order]]).astype(np.int64),
             *(np.concatenate([[0], np.asarray(c)[order]]) for c in columns))
 
 
 class ResidualNeighborhood(tf.keras.layers.Layer):
-    """The correction above, from the training ratings' ids, times and residuals."""
+    """The correction above, from the training ratings' ids, times and residuals.
+
+    Part of the rating model from its construction (trainer/model.py's RatingModel): built
+    from the training ratings before training with `residuals` None (all zero: no
+    correction), then given the trained model's errors on those same ratings, in the same
+    order, by set_residuals()."""
 
     def __init__(self, users, movies, times, residuals, neighbors, similarities,
                  knn_weight: float, session_weight: float, session_tau: float,
@@ -99,10 +111,14 @@ class ResidualNeighborhood(tf.keras.layers.Layer):
         users = np.asarray(users, dtype=np.int64)
         movies = np.asarray(movies, dtype=np.int64)
         times = np.asarray(times, dtype=np.float32)
-        residuals = np.asarray(residuals, dtype=np.float32)
-        pair_keys, pair_residuals = _sorted_log(users * _USER_SHIFT + movies, residuals)
+        zeros = np.zeros(len(users), dtype=np.float32)
+        pair_keys = users * _USER_SHIFT + movies
+        time_keys = users * _USER_SHIFT + np.floor(times).astype(np.int64)
+        # where each rating's residual goes in the two sorted logs (set_residuals)
+        self._pair_order, self._time_order = _log_order(pair_keys), _log_order(time_keys)
+        pair_keys, pair_residuals = _sorted_log(self._pair_order, pair_keys, zeros)
         time_keys, time_movies, time_seconds, time_residuals = _sorted_log(
-            users * _USER_SHIFT + np.floor(times).astype(np.int64), movies, times, residuals)
+            self._time_order, time_keys, movies, times, zeros)
 
         def variable(value, dtype, name):
             return tf.Variable(np.asarray(value), trainable=False, dtype=dtype, name=name)
@@ -118,6 +134,35 @@ class ResidualNeighborhood(tf.keras.layers.Layer):
         self._knn_weight = float(knn_weight)
         self._session_weight = float(session_weight)
         self._session_tau = float(session_tau)
+        self.seconds = 0.0  # spent building it and setting its residuals (training.json)
+        if residuals is not None:
+            self.set_residuals(residuals)
+
+    @classmethod
+    def from_ratings(cls, users, movies, times, ratings, num_movies: int, hp,
+                     name="residual_neighborhood") -> "ResidualNeighborhood":
+        """The neighbourhood of these training ratings (its residuals zero until
+        set_residuals): each movie's hp.residual_neighbors most similar movies, and
+        hp's residual_* weights and time scale."""
+        started = time.time()
+        similar, similarity = similar_movies(users, movies, ratings, num_movies,
+                                             hp.residual_neighbors)
+        layer = cls(users, movies, times, None, similar, similarity,
+                    knn_weight=hp.residual_knn_weight,
+                    session_weight=hp.residual_session_weight,
+                    session_tau=hp.residual_session_tau, name=name)
+        layer.seconds = time.time() - started
+        return layer
+
+    def set_residuals(self, residuals):
+        """The errors e = r - r_hat on the ratings it was built from, in their order."""
+        residuals = np.asarray(residuals, dtype=np.float32)
+        if len(residuals) != len(self._pair_order):
+            raise ValueError(f"{len(residuals)} residuals for a neighbourhood of "
+                             f"{len(self._pair_order)} ratings")
+        for variable, order in ((self._pair_residuals, self._pair_order),
+                                (self._time_residuals, self._time_order)):
+            variable.assign(np.concatenate([[0], residuals[order]]).astype(np.float32))
 
     def _lookup(self, keys, sorted_keys, values):
         """values at `keys` in the sorted log, and whether each key is there."""
