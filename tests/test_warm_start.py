@@ -143,3 +143,31 @@ def test_a_models_history_tables_follow_their_movies_across_vocabularies():
     # user ids kept their order: the user table is the old one
     np.testing.assert_array_equal(table(new, f"{F.USER_ID_XF}_embedding"),
                                   table(old, f"{F.USER_ID_XF}_embedding"))
+
+
+def test_an_export_of_the_layout_before_the_tower_layers_still_warm_starts():
+    """Paths as a model exported by the single-class towers holds them (read from one)."""
+    from trainer.warm_start import _previous_layout
+
+    before = {
+        "query_tower/context/0/mean/embedding/embeddings":
+            "query_tower/_history_embedding/embeddings",
+        "query_tower/context/0/rated/embedding/embeddings":
+            "query_tower/_rated_embedding/embeddings",
+        "query_tower/context/0/session/embedding/embeddings":
+            "query_tower/_session_embedding/embeddings",
+        "query_tower/features/encoders/user_id_xf/embeddings":
+            "query_tower/_embeddings/user_id_xf/embeddings",
+        "query_tower/projection/layer_with_weights-0/kernel":
+            "query_tower/_project/layer_with_weights-0/kernel",
+        "rating_model/heads/0/candidate/features/encoders/genres_xf/embedding/embeddings":
+            "rating_model/heads/0/candidate/_embeddings/genres_xf/embeddings",
+        "rating_model/heads/0/candidate/context/0/mean/embedding/embeddings":
+            "rating_model/heads/0/candidate/_rater_embedding/embeddings",
+        "rating_model/heads/1/candidate/context/0/rated/embedding/embeddings":
+            "rating_model/heads/1/candidate/_rater_rated_embedding/embeddings",
+        "rating_model/heads/0/user_bias/embeddings": "rating_model/heads/0/user_bias/embeddings",
+        "rating_model/heads/0/head/layer_with_weights-0/bias":
+            "rating_model/heads/0/head/layer_with_weights-0/bias",
+    }
+    assert {new: _previous_layout(new) for new in before} == before

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -70,18 +71,40 @@ def _variables(module) -> dict:
     return out
 
 
+def _previous_layout(path: str) -> str:
+    """Where the variable at `path` was in an export made before the towers were composed
+    of layers (one tower class, its tables under private attribute names), so that a
+    model exported then still warm-starts one of today."""
+    path = f"/{path}"
+    tower, inside, rest = path.partition("/context/0/")
+    if inside:  # a history block's pooling table
+        raters = tower.rsplit("/", 1)[-1] in ("candidate_tower", "candidate")
+        names = {"mean": "_rater_embedding" if raters else "_history_embedding",
+                 "rated": "_rater_rated_embedding" if raters else "_rated_embedding",
+                 "session": "_session_embedding"}
+        pooling, _, leaf = rest.partition("/embedding/")
+        path = f"{tower}/{names.get(pooling, pooling)}/{leaf}"
+    path = re.sub(r"/features/encoders/(\w+)/embedding/", r"/_embeddings/\1/", path)
+    return path.replace("/features/encoders/", "/_embeddings/") \
+        .replace("/projection/", "/_project/")[1:]
+
+
 def transfer(model, old_vars: dict, old_vocabulary, new_vocabulary) -> dict:
     """Assigns `old_vars` ({object-graph path: variable or array}, as _variables() reads
     them) to `model`'s trainable variables at the same paths: a tagged table row by row
     through old_vocabulary(tag) / new_vocabulary(tag) (token lists; old_vocabulary may
     return None: copied as is when the shapes agree), anything else as it is when the
-    shapes agree. Returns counts of variables copied, remapped and left fresh."""
+    shapes agree. An earlier export's variable is at the same path, or where the layout
+    before trainer/towers.py had it. Returns counts of variables copied, remapped and left
+    fresh."""
     tags = embedding.table_tags(model)
     counts = {"copied": 0, "remapped": 0, "fresh": 0}
     for path, var in _variables(model).items():
         if not var.trainable:
             continue  # users' histories and the like are rebuilt from the new data
         source = old_vars.get(path)
+        if source is None:
+            source = old_vars.get(_previous_layout(path))
         if source is None:
             counts["fresh"] += 1
             continue
