@@ -1,6 +1,6 @@
 """Fitting: the multitask model built from the training ratings' statistics, trained with
 Keras (optionally under a tf.distribute strategy, trainer/distribution.py), early stopping
-on a validation split, and the residual neighbourhood's errors set after training."""
+on a validation split, and the residual neighbourhood fitted after training."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import tensorflow as tf
 
 from trainer import distribution
 from trainer import features as F
-from trainer import neighborhood
 from trainer.data import READ_BATCH, Ratings, training_dataset
 from trainer.model import HParams, MovieRecModel, Vocab, user_history
 
@@ -52,21 +51,10 @@ class _LogEpochs(tf.keras.callbacks.Callback):
             " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items())))
 
 
-def residual_neighborhood(train: Ratings, vocab: Vocab, hp: HParams):
-    """The rating's residual neighbourhood over the training ratings (residuals zero until
-    fit_neighborhood), or None when hp turns it off."""
-    if not (hp.residual_knn_weight or hp.residual_session_weight):
-        return None
-    return neighborhood.ResidualNeighborhood.from_ratings(
-        train[F.USER_ID_XF], train[F.MOVIE_ID_XF], train[F.TIMESTAMP_S_XF],
-        train[F.RATING_XF], vocab.sizes[F.MOVIE_ID_XF], hp)
-
-
-def build_model(train: Ratings, vocab: Vocab, hp: HParams, with_neighborhood: bool = False):
+def build_model(train: Ratings, vocab: Vocab, hp: HParams):
     """(compiled multitask model, rating count per movie_id_xf): the model gets the
     statistics it needs from the training rows (movie sampling probabilities for logQ,
-    users' histories, the mean rating; with_neighborhood: the residual neighbourhood's
-    similarities, trainer/neighborhood.py). Under a strategy's scope, its variables are
+    users' histories, the mean rating). Under a strategy's scope, its variables are
     mirrored."""
     tf.keras.utils.set_random_seed(hp.seed)
     counts = np.bincount(train[F.MOVIE_ID_XF], minlength=vocab.sizes[F.MOVIE_ID_XF])
@@ -78,8 +66,7 @@ def build_model(train: Ratings, vocab: Vocab, hp: HParams, with_neighborhood: bo
                           hp.rater_history_len) if hp.rater_history_len else None
     model = MovieRecModel(vocab, hp, movie_log_prob=log_prob,
                           mean_rating=float(np.mean(train[F.RATING_XF])), history=history,
-                          raters=raters, neighborhood=residual_neighborhood(train, vocab, hp)
-                          if with_neighborhood else None)
+                          raters=raters)
     # one step per global batch, however many replicas share it
     steps_per_epoch = -(-len(train) // hp.batch_size)
     model.compile(optimizer=hp.make_optimizer(
@@ -94,7 +81,7 @@ def fit(train: Ratings, vocab: Vocab, hp: HParams, validation: Ratings | None = 
     the built model before training (warm start)."""
     strategy = distribution.strategy(hp.distribution)
     with distribution.scope(strategy):
-        model, counts = build_model(train, vocab, hp, with_neighborhood=True)
+        model, counts = build_model(train, vocab, hp)
     dataset = training_dataset(train, hp)
     if initialize is not None:
         with distribution.scope(strategy):
@@ -118,17 +105,16 @@ def fit(train: Ratings, vocab: Vocab, hp: HParams, validation: Ratings | None = 
     return model, counts, history.history
 
 
-def fit_neighborhood(model, train: Ratings) -> float:
-    """Gives the trained model's residual neighbourhood (trainer/neighborhood.py) its
-    errors on `train`, the ratings it was built from; returns the seconds the
-    neighbourhood took in all, building included (0 when the model has none). Plain numpy
-    and one traced function, outside any strategy: every worker computes the same (the
-    trained weights are the same on all of them)."""
+def fit_neighborhood(model, train: Ratings, vocab: Vocab) -> float:
+    """Fits the trained model's residual neighbourhood (trainer/neighborhood.py, a layer of
+    its rating model) to its errors on `train`; returns the seconds it took (0 when the
+    model has none). Plain numpy and one traced function, outside any strategy: every
+    worker computes the same (the trained weights are the same on all of them)."""
     layer = model.rating_model.neighborhood
     if layer is None:
         return 0.0
     started = time.time()
-    separate = model.hp.rating_tower == "separate"  # the rating path alone: no retrieval towers
+    separate = model.hp.rating_tower == "separate"  # the rating path alone: no towers
 
     @tf.function
     def rate(batch):
@@ -137,8 +123,8 @@ def fit_neighborhood(model, train: Ratings) -> float:
         return model.rating_model.factor_rating(batch, q, c, training=False)
 
     predicted = np.concatenate([rate(batch).numpy() for batch in train.dataset(READ_BATCH)])
-    layer.set_residuals(train[F.RATING_XF] - predicted)
-    layer.seconds += time.time() - started
-    logging.getLogger("movierec.trainer").info("residual neighbourhood: %.1f s",
-                                               layer.seconds)
-    return layer.seconds
+    layer.fit(train[F.USER_ID_XF], train[F.MOVIE_ID_XF], train[F.TIMESTAMP_S_XF],
+              train[F.RATING_XF], train[F.RATING_XF] - predicted, vocab.sizes[F.MOVIE_ID_XF])
+    seconds = time.time() - started
+    logging.getLogger("movierec.trainer").info("residual neighbourhood: %.1f s", seconds)
+    return seconds

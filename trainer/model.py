@@ -209,19 +209,19 @@ class RatingModel(tf.keras.layers.Layer):
     ensemble inside the model: each head learns from its own loss), plus the residual
     neighbourhood's correction (trainer/neighborhood.py) outside training.
 
-    The neighbourhood is part of the model from the start: built from the training
-    ratings with every residual zero (it corrects nothing), and given the heads' errors on
-    those ratings after training (ResidualNeighborhood.set_residuals). It is never part of
-    the loss."""
+    The neighbourhood is a layer of the model from the start (hp's residual_* settings;
+    None when they turn it off); it corrects nothing until it is fitted to the heads'
+    errors on the training ratings after training (trainer/fit.py's fit_neighborhood).
+    It is never part of the loss."""
 
     def __init__(self, vocab: Vocab, hp: HParams, mean_rating: float, history=None,
-                 raters=None, neighborhood: ResidualNeighborhood | None = None):
+                 raters=None):
         super().__init__(name="rating_model")
         count = hp.rating_heads if hp.rating_tower == "separate" else 1
         self.heads = [RatingHead(vocab, hp, mean_rating, history, raters,
                                  name=f"rating_head_{i}")
                       for i in range(count)]
-        self.neighborhood = neighborhood
+        self.neighborhood = ResidualNeighborhood.from_hparams(hp)
 
     def factor_rating(self, features, query_embedding, candidate_embedding, training=False):
         """The heads' mean rating, without the neighbourhood's correction."""
@@ -233,7 +233,7 @@ class RatingModel(tf.keras.layers.Layer):
     def call(self, features, query_embedding, candidate_embedding, training=False):
         rating = self.factor_rating(features, query_embedding, candidate_embedding,
                                     training=training)
-        if self.neighborhood is not None and not training:
+        if not training and self.neighborhood is not None and self.neighborhood.fitted:
             rating += self.neighborhood(features)
         return rating
 
@@ -242,10 +242,9 @@ class MovieRecModel(tfrs.Model):
     """Retrieval (in-batch softmax over movies) + rating regression, trained jointly."""
 
     def __init__(self, vocab: Vocab, hp: HParams, movie_log_prob=None, mean_rating=3.5,
-                 history=None, raters=None, neighborhood: ResidualNeighborhood | None = None):
+                 history=None, raters=None):
         """history: user_history(...) of the training ratings (None: empty tables);
-        raters: the same per movie, users and movies swapped; neighborhood: the rating's
-        residual neighbourhood (None: no correction)."""
+        raters: the same per movie, users and movies swapped."""
         super().__init__()
         self.hp = hp
         if history is None and hp.history_len:
@@ -255,8 +254,7 @@ class MovieRecModel(tfrs.Model):
                                   hp.rater_history_len)
         self.query_tower = query_tower(vocab, hp, history=history)
         self.candidate_tower = candidate_tower(vocab, hp)
-        self.rating_model = RatingModel(vocab, hp, mean_rating, history=history, raters=raters,
-                                        neighborhood=neighborhood)
+        self.rating_model = RatingModel(vocab, hp, mean_rating, history=history, raters=raters)
         # log P(movie is sampled as an in-batch negative), indexed by movie_id_xf.
         self._log_prob = (None if movie_log_prob is None
                           else tf.constant(movie_log_prob, tf.float32))

@@ -84,14 +84,9 @@ def similar_movies(users, movies, ratings, num_movies: int, k: int):
     return ids, sims
 
 
-def _log_order(keys) -> np.ndarray:
-    """The order of a log's rows: by key (stable)."""
+def _sorted_log(keys, *columns):
+    """Rows sorted by key, after a sentinel row (key -1) that no query matches."""
     order = np.argsort(keys, kind="stable")
-    return order.astype(np.int32) if len(order) < 2**31 else order
-
-
-def _sorted_log(order, keys, *columns):
-    """Rows in `order`, after a sentinel row (key -1) that no query matches."""
     return (np.concatenate([[-1], np.asarray(keys)[order]]).astype(np.int64),
             *(np.concatenate([[0], np.asarray(c)[order]]) for c in columns))
 
@@ -99,26 +94,49 @@ def _sorted_log(order, keys, *columns):
 class ResidualNeighborhood(tf.keras.layers.Layer):
     """The correction above, from the training ratings' ids, times and residuals.
 
-    Part of the rating model from its construction (trainer/model.py's RatingModel): built
-    from the training ratings before training with `residuals` None (all zero: no
-    correction), then given the trained model's errors on those same ratings, in the same
-    order, by set_residuals()."""
+    A layer of the rating model from the model's construction (trainer/model.py's
+    RatingModel), with its weights and time scale; it corrects nothing until it is fitted
+    after training (fit(): the trained model's errors on its training ratings), which
+    creates its tables. The exported model holds them."""
 
-    def __init__(self, users, movies, times, residuals, neighbors, similarities,
-                 knn_weight: float, session_weight: float, session_tau: float,
-                 name="residual_neighborhood"):
+    def __init__(self, knn_weight: float, session_weight: float, session_tau: float,
+                 neighbors: int = 30, name="residual_neighborhood"):
         super().__init__(name=name, trainable=False)
+        self._knn_weight = float(knn_weight)
+        self._session_weight = float(session_weight)
+        self._session_tau = float(session_tau)
+        self._k = int(neighbors)
+        self.fitted = False
+        self.seconds = 0.0  # what fit() took (training.json)
+
+    @classmethod
+    def from_hparams(cls, hp) -> "ResidualNeighborhood | None":
+        """hp's residual_* settings; None when both weights are 0 (off)."""
+        if not (hp.residual_knn_weight or hp.residual_session_weight):
+            return None
+        return cls(hp.residual_knn_weight, hp.residual_session_weight,
+                   hp.residual_session_tau, neighbors=hp.residual_neighbors)
+
+    def fit(self, users, movies, times, ratings, residuals, num_movies: int):
+        """Fits it to training ratings (ids, times, ratings) and the trained model's
+        errors on them: each movie's most similar movies (similar_movies), the logs."""
+        started = time.time()
+        similar, similarity = similar_movies(users, movies, ratings, num_movies, self._k)
+        self.set_tables(users, movies, times, residuals, similar, similarity)
+        self.seconds = time.time() - started
+
+    def set_tables(self, users, movies, times, residuals, neighbors, similarities):
+        """Creates its tables: the training ratings' ids, times and residuals, and each
+        movie's `neighbors` ([movies, k] ids, -1 = none) with their `similarities`."""
+        if self.fitted:
+            raise ValueError(f"{self.name} is fitted already")
         users = np.asarray(users, dtype=np.int64)
         movies = np.asarray(movies, dtype=np.int64)
         times = np.asarray(times, dtype=np.float32)
-        zeros = np.zeros(len(users), dtype=np.float32)
-        pair_keys = users * _USER_SHIFT + movies
-        time_keys = users * _USER_SHIFT + np.floor(times).astype(np.int64)
-        # where each rating's residual goes in the two sorted logs (set_residuals)
-        self._pair_order, self._time_order = _log_order(pair_keys), _log_order(time_keys)
-        pair_keys, pair_residuals = _sorted_log(self._pair_order, pair_keys, zeros)
+        residuals = np.asarray(residuals, dtype=np.float32)
+        pair_keys, pair_residuals = _sorted_log(users * _USER_SHIFT + movies, residuals)
         time_keys, time_movies, time_seconds, time_residuals = _sorted_log(
-            self._time_order, time_keys, movies, times, zeros)
+            users * _USER_SHIFT + np.floor(times).astype(np.int64), movies, times, residuals)
 
         def variable(value, dtype, name):
             return tf.Variable(np.asarray(value), trainable=False, dtype=dtype, name=name)
@@ -131,38 +149,7 @@ class ResidualNeighborhood(tf.keras.layers.Layer):
         self._time_residuals = variable(time_residuals, tf.float32, "time_residuals")
         self._neighbors = variable(neighbors, tf.int64, "neighbors")
         self._similarities = variable(similarities, tf.float32, "similarities")
-        self._knn_weight = float(knn_weight)
-        self._session_weight = float(session_weight)
-        self._session_tau = float(session_tau)
-        self.seconds = 0.0  # spent building it and setting its residuals (training.json)
-        if residuals is not None:
-            self.set_residuals(residuals)
-
-    @classmethod
-    def from_ratings(cls, users, movies, times, ratings, num_movies: int, hp,
-                     name="residual_neighborhood") -> "ResidualNeighborhood":
-        """The neighbourhood of these training ratings (its residuals zero until
-        set_residuals): each movie's hp.residual_neighbors most similar movies, and
-        hp's residual_* weights and time scale."""
-        started = time.time()
-        similar, similarity = similar_movies(users, movies, ratings, num_movies,
-                                             hp.residual_neighbors)
-        layer = cls(users, movies, times, None, similar, similarity,
-                    knn_weight=hp.residual_knn_weight,
-                    session_weight=hp.residual_session_weight,
-                    session_tau=hp.residual_session_tau, name=name)
-        layer.seconds = time.time() - started
-        return layer
-
-    def set_residuals(self, residuals):
-        """The errors e = r - r_hat on the ratings it was built from, in their order."""
-        residuals = np.asarray(residuals, dtype=np.float32)
-        if len(residuals) != len(self._pair_order):
-            raise ValueError(f"{len(residuals)} residuals for a neighbourhood of "
-                             f"{len(self._pair_order)} ratings")
-        for variable, order in ((self._pair_residuals, self._pair_order),
-                                (self._time_residuals, self._time_order)):
-            variable.assign(np.concatenate([[0], residuals[order]]).astype(np.float32))
+        self.fitted = True
 
     def _lookup(self, keys, sorted_keys, values):
         """values at `keys` in the sorted log, and whether each key is there."""
@@ -200,6 +187,9 @@ class ResidualNeighborhood(tf.keras.layers.Layer):
                 / (tf.reduce_sum(weight, axis=1) + SESSION_SHRINK))
 
     def call(self, features):
+        """The correction of each example's rating (zeros until fitted)."""
+        if not self.fitted:
+            return tf.zeros_like(tf.reshape(features[F.USER_ID_XF], [-1]), tf.float32)
         users = tf.cast(tf.reshape(features[F.USER_ID_XF], [-1]), tf.int64)
         movies = tf.cast(tf.reshape(features[F.MOVIE_ID_XF], [-1]), tf.int64)
         correction = self._knn_weight * self.knn(users, movies)

@@ -52,7 +52,7 @@ def train_and_export(train_files, catalog_files, transform_output: str, serving_
 
     model, counts, history = fit(train, vocab, hp, validation,
                                  initialize=initialize if base_model else None)
-    neighborhood_seconds = fit_neighborhood(model, train)
+    neighborhood_seconds = fit_neighborhood(model, train, vocab)
     catalog, catalog_xf_ids = data.load_catalog(data.tfrecord_files(catalog_files), tft_layer)
     chief = distribution.is_chief(strategy)
     if chief:
