@@ -28,10 +28,6 @@ def _table():
         embeddings_initializer=tf.keras.initializers.Constant(TABLE))
 
 
-def _rows(pooled, row):
-    return np.asarray(pooled)[row]
-
-
 def test_mean_pooling_is_the_mean_over_kept_positions():
     pooled = MeanPooling(_table())(tf.constant(IDS), keep=tf.constant(KEEP)).numpy()
     assert pooled.shape == (4, 4)
