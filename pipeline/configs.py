@@ -172,7 +172,9 @@ def code_fingerprint(*modules: str) -> str:
 
 
 TRANSFORM_CODE = ("trainer/features.py", "trainer/preprocessing.py")
-TRAINER_CODE = TRANSFORM_CODE + ("trainer/model.py", "trainer/run.py", "trainer/data.py",
+TRAINER_CODE = TRANSFORM_CODE + ("trainer/model.py", "trainer/towers.py",
+                                  "trainer/embedding.py", "trainer/history.py",
+                                  "trainer/pooling.py", "trainer/run.py", "trainer/data.py",
                                   "trainer/fit.py", "trainer/distribution.py",
                                   "trainer/export.py", "trainer/signatures.py",
                                   "trainer/saved_model.py", "trainer/warm_start.py",

@@ -35,8 +35,9 @@ def _layer(knn_weight=1.0, session_weight=1.0, tau=100.0):
     similarities = np.zeros((20, 2), dtype=np.float32)
     neighbors[5] = [11, 12]  # movie 5 is like movies 11 (0.5) and 12 (0.2)
     similarities[5] = [0.5, 0.2]
-    return N.ResidualNeighborhood(users, movies, times, residuals, neighbors, similarities,
-                                  knn_weight, session_weight, tau)
+    layer = N.ResidualNeighborhood(knn_weight, session_weight, tau)
+    layer.set_tables(users, movies, times, residuals, neighbors, similarities)
+    return layer
 
 
 def test_knn_term_averages_the_users_errors_on_similar_movies():
@@ -81,8 +82,73 @@ def test_correction_is_the_weighted_sum_of_both_terms():
 
 
 def test_empty_training_data_gives_no_correction():
-    layer = N.ResidualNeighborhood([], [], [], [], np.full((3, 2), -1),
-                                   np.zeros((3, 2), np.float32), 1.0, 1.0, 60.0)
+    layer = N.ResidualNeighborhood(1.0, 1.0, 60.0)
+    layer.set_tables([], [], [], [], np.full((3, 2), -1), np.zeros((3, 2), np.float32))
     np.testing.assert_allclose(layer.knn(_ids([0]), _ids([1])), [0.0])
     np.testing.assert_allclose(
         layer.session(_ids([0]), _ids([1]), tf.constant([5.0])), [0.0])
+
+
+def test_an_unfitted_neighbourhood_corrects_nothing_and_fits_once():
+    from trainer import features as F
+
+    users, movies = [1, 1, 1, 1, 2], [10, 11, 12, 13, 10]
+    times, residuals = [100.0, 200.0, 300.0, 1e4, 150.0], [0.5, -1.0, 2.0, 1.0, 3.0]
+    ratings = [4.0, 2.0, 5.0, 3.0, 1.0]
+    features = {F.USER_ID_XF: _ids([1, 1, 2]), F.MOVIE_ID_XF: _ids([11, 12, 11]),
+                F.TIMESTAMP_S_XF: tf.constant([250.0, 400.0, 9e3])}
+    layer = N.ResidualNeighborhood(1.0, 0.5, 100.0, neighbors=2)
+    assert not layer.fitted and not layer.variables
+    np.testing.assert_array_equal(layer(features), [0.0, 0.0, 0.0])
+    layer.fit(users, movies, times, ratings, residuals, num_movies=20)
+    assert layer.fitted and layer.seconds >= 0
+    same = N.ResidualNeighborhood(1.0, 0.5, 100.0)
+    same.set_tables(users, movies, times, residuals,
+                    *N.similar_movies(users, movies, ratings, 20, 2))
+    np.testing.assert_array_equal(layer(features), same(features))
+    with pytest.raises(ValueError, match="fitted already"):
+        layer.fit(users, movies, times, ratings, residuals, num_movies=20)
+
+
+def test_the_rating_model_owns_its_neighbourhood_and_applies_it_outside_training():
+    from conftest import SMALL_HPARAMS
+    from test_model import _batch, _vocab
+
+    from trainer import features as F
+    from trainer.model import HParams, MovieRecModel
+
+    assert MovieRecModel(_vocab(), HParams(residual_knn_weight=0.0, residual_session_weight=0.0,
+                                           **SMALL_HPARAMS)).rating_model.neighborhood is None
+    batch = _batch(n=8)
+    model = MovieRecModel(_vocab(), HParams(**{**SMALL_HPARAMS, "dropout": 0.0}))
+    layer = model.rating_model.neighborhood
+    assert isinstance(layer, N.ResidualNeighborhood) and not layer.fitted
+    q, c, before = model(batch)
+    np.testing.assert_array_equal(before, model.rating_model.factor_rating(batch, q, c))
+    # the log: the batch's ratings, and the first user's rating of a movie like the first
+    neighbour = (int(batch[F.MOVIE_ID_XF][0]) + 1) % 19
+    users = np.append(batch[F.USER_ID_XF].numpy(), batch[F.USER_ID_XF][0])
+    movies = np.append(batch[F.MOVIE_ID_XF].numpy(), neighbour)
+    times = np.append(batch[F.TIMESTAMP_S_XF].numpy(), 0.0)
+    similar = np.full((20, 2), -1)
+    similar[movies[0]] = [neighbour, -1]
+    layer.set_tables(users, movies, times, np.full(len(users), 2.0), similar,
+                     np.where(similar >= 0, 0.5, 0.0).astype(np.float32))
+    _, _, after = model(batch)
+    corrected = layer(batch).numpy()
+    assert corrected[0] != 0.0
+    np.testing.assert_allclose(after, before.numpy() + corrected, rtol=1e-6)
+    # training never sees it
+    _, _, trained = model(batch, training=True)
+    np.testing.assert_allclose(trained, before, rtol=1e-6)
+
+
+def test_the_export_carries_the_neighbourhood(trained_model):
+    from trainer import saved_model
+
+    loaded = saved_model.load(str(trained_model[0]))
+    names = {v.name.split("/")[-1].split(":")[0]
+             for v in loaded.residual_neighborhood.variables}
+    assert {"pair_keys", "pair_residuals", "time_residuals", "neighbors"} <= names
+    assert loaded.rating_model.neighborhood.variables  # the rating model's own layer
+    assert np.abs(loaded.residual_neighborhood._pair_residuals.numpy()).max() > 0

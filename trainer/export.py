@@ -11,6 +11,8 @@ Signatures (all take *raw* values; Transform runs inside):
   score_catalog    user_id [batch], timestamp [batch]  -> scores [batch, catalog] (evaluation;
                    columns in the order of the module's `movie_ids`)
 
+`rate` and `serving_default` rate through the rating model, its residual neighbourhood
+included (the module's `residual_neighborhood`, the rating model's own layer).
 Users that were not in the training data get the most popular movies (scores are their
 training popularity share) and known_user=False; the signature never fails on them.
 The training object (with its loss tasks) is not saved, only this module: TFRS's
@@ -71,6 +73,9 @@ class MovieRecExport(tf.Module):
         self.query_tower = model.query_tower
         self.candidate_tower = model.candidate_tower
         self.rating_model = model.rating_model
+        # the rating's residual neighbourhood (trainer/neighborhood.py), owned by the rating
+        # model and named here too: None when hp turns it off
+        self.residual_neighborhood = model.rating_model.neighborhood
 
         # --- the catalog ---
         n = len(catalog[F.MOVIE_ID])

@@ -1,6 +1,6 @@
 """Fitting: the multitask model built from the training ratings' statistics, trained with
 Keras (optionally under a tf.distribute strategy, trainer/distribution.py), early stopping
-on a validation split, and the residual neighbourhood computed after training."""
+on a validation split, and the residual neighbourhood fitted after training."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import tensorflow as tf
 
 from trainer import distribution
 from trainer import features as F
-from trainer import neighborhood
 from trainer.data import READ_BATCH, Ratings, training_dataset
 from trainer.model import HParams, MovieRecModel, Vocab, user_history
 
@@ -106,30 +105,26 @@ def fit(train: Ratings, vocab: Vocab, hp: HParams, validation: Ratings | None = 
     return model, counts, history.history
 
 
-def attach_neighborhood(model, train: Ratings, vocab: Vocab, hp: HParams) -> float:
-    """Gives the trained model's rating its residual neighbourhood (trainer/neighborhood.py)
-    built from its errors on `train`; returns the seconds it took (0 when off). Plain
-    numpy and one traced function, outside any strategy: every worker computes the same
-    (the trained weights are the same on all of them)."""
-    if not (hp.residual_knn_weight or hp.residual_session_weight):
+def fit_neighborhood(model, train: Ratings, vocab: Vocab) -> float:
+    """Fits the trained model's residual neighbourhood (trainer/neighborhood.py, a layer of
+    its rating model) to its errors on `train`; returns the seconds it took (0 when the
+    model has none). Plain numpy and one traced function, outside any strategy: every
+    worker computes the same (the trained weights are the same on all of them)."""
+    layer = model.rating_model.neighborhood
+    if layer is None:
         return 0.0
     started = time.time()
-    separate = hp.rating_tower == "separate"  # the rating path alone: no retrieval towers
+    separate = model.hp.rating_tower == "separate"  # the rating path alone: no towers
 
     @tf.function
     def rate(batch):
         q = None if separate else model.query_tower(batch, training=False)
         c = None if separate else model.candidate_tower(batch, training=False)
-        return model.rating_model(batch, q, c, training=False)
+        return model.rating_model.factor_rating(batch, q, c, training=False)
 
     predicted = np.concatenate([rate(batch).numpy() for batch in train.dataset(READ_BATCH)])
-    users, movies = train[F.USER_ID_XF], train[F.MOVIE_ID_XF]
-    similar, similarity = neighborhood.similar_movies(
-        users, movies, train[F.RATING_XF], vocab.sizes[F.MOVIE_ID_XF], hp.residual_neighbors)
-    model.rating_model.neighborhood = neighborhood.ResidualNeighborhood(
-        users, movies, train[F.TIMESTAMP_S_XF], train[F.RATING_XF] - predicted,
-        similar, similarity, knn_weight=hp.residual_knn_weight,
-        session_weight=hp.residual_session_weight, session_tau=hp.residual_session_tau)
+    layer.fit(train[F.USER_ID_XF], train[F.MOVIE_ID_XF], train[F.TIMESTAMP_S_XF],
+              train[F.RATING_XF], train[F.RATING_XF] - predicted, vocab.sizes[F.MOVIE_ID_XF])
     seconds = time.time() - started
     logging.getLogger("movierec.trainer").info("residual neighbourhood: %.1f s", seconds)
     return seconds

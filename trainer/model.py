@@ -1,4 +1,5 @@
-"""The multitask TFRS model: two towers for retrieval, a rating head for ranking.
+"""The multitask TFRS model: two towers for retrieval (trainer/towers.py), a rating model
+for ranking (rating heads and the residual neighbourhood, trainer/neighborhood.py).
 
 Everything here reads *transformed* features (see trainer/features.py) and knows nothing of
 TFX, so it is trained and tested with plain tf.data.
@@ -10,12 +11,15 @@ import dataclasses
 import json
 from typing import Mapping, Sequence
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from trainer import distribution
 from trainer import features as F
+from trainer.embedding import TaggedEmbedding
+from trainer.history import user_history
+from trainer.neighborhood import ResidualNeighborhood
+from trainer.towers import candidate_tower, mlp, query_tower
 
 
 @dataclasses.dataclass
@@ -164,173 +168,10 @@ class Vocab:
         return cls(sizes)
 
 
-def _regularizer(hp: HParams):
-    return tf.keras.regularizers.l2(hp.l2) if hp.l2 else None
-
-
-def _mlp(layers: Sequence[int], out_dim: int | None, hp: HParams, name: str):
-    stack = []
-    for width in layers:
-        stack.append(tf.keras.layers.Dense(width, activation="relu",
-                                           kernel_regularizer=_regularizer(hp)))
-        if hp.dropout:
-            stack.append(tf.keras.layers.Dropout(hp.dropout))
-    if out_dim is not None:
-        stack.append(tf.keras.layers.Dense(out_dim, kernel_regularizer=_regularizer(hp)))
-    return tf.keras.Sequential(stack, name=name)
-
-
-def _masked_mean(embeddings, ids, keep):
-    """Mean of embeddings[ids] over the positions where `keep` holds (0 when none do)."""
-    mask = tf.cast(keep, tf.float32)[..., None]
-    return (tf.reduce_sum(embeddings(ids) * mask, axis=1)
-            / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0))
-
-
-def _rating_weighted_sum(embeddings, ids, centred, keep):
-    """Sum of embeddings[ids] weighted by the centred ratings, over the positions where
-    `keep` holds, divided by the square root of their count (SVD++'s normalisation)."""
-    mask = tf.cast(keep, tf.float32)
-    count = tf.reduce_sum(mask, axis=1, keepdims=True)
-    return (tf.reduce_sum(embeddings(ids) * (centred * mask)[..., None], axis=1)
-            / tf.sqrt(tf.maximum(count, 1.0)))
-
-
-class _Tower(tf.keras.layers.Layer):
-    """Embeds a fixed set of transformed features, concatenates, and projects.
-
-    With `history` (a [users, history_len] table of movie_id_xf + 1 per user, 0 = none),
-    the tower also embeds the movies the user rated in training (SVD++'s implicit
-    feedback). When the input names a movie (a training or rating example) that movie is
-    left out of its own user's history, so the model never sees the answer."""
-
-    def __init__(self, keys, vocab: Vocab, hp: HParams, layers, main_keys, name,
-                 history=None, raters=None):
-        super().__init__(name=name)
-        self._keys = tuple(keys)
-        self._embeddings = {}
-        for key in self._keys:
-            if key == F.TIMESTAMP_Z_XF:
-                continue
-            dim = hp.embedding_dim if key in main_keys else hp.side_embedding_dim
-            self._embeddings[key] = tf.keras.layers.Embedding(
-                vocab.sizes[key], dim, mask_zero=key in F.PADDED,
-                embeddings_regularizer=_regularizer(hp), name=f"{key}_embedding")
-        self._history = None
-        self._tau = hp.session_tau
-        if history is not None:
-            movies, times, ratings = history
-            self._history = tf.Variable(movies, trainable=False, dtype=tf.int32,
-                                        name="user_history")
-            self._history_rating = tf.Variable(ratings, trainable=False, dtype=tf.float32,
-                                               name="user_history_rating")
-            self._explicit = hp.history_ratings
-            if self._explicit:
-                self._rated_embedding = tf.keras.layers.Embedding(
-                    vocab.sizes[F.MOVIE_ID_XF] + 1, hp.embedding_dim,
-                    embeddings_regularizer=_regularizer(hp), name="rated_embedding")
-            self._history_time = tf.Variable(times, trainable=False, dtype=tf.float32,
-                                             name="user_history_time")
-            self._history_embedding = tf.keras.layers.Embedding(
-                vocab.sizes[F.MOVIE_ID_XF] + 1, hp.embedding_dim,
-                embeddings_regularizer=_regularizer(hp), name="history_embedding")
-            if self._tau:
-                self._session_embedding = tf.keras.layers.Embedding(
-                    vocab.sizes[F.MOVIE_ID_XF] + 1, hp.embedding_dim,
-                    embeddings_regularizer=_regularizer(hp), name="session_embedding")
-        self._raters = None
-        if raters is not None:
-            users, _, ratings = raters
-            self._raters = tf.Variable(users, trainable=False, dtype=tf.int32, name="raters")
-            self._rater_rating = tf.Variable(ratings, trainable=False, dtype=tf.float32,
-                                             name="rater_rating")
-            self._rater_embedding = tf.keras.layers.Embedding(
-                vocab.sizes[F.USER_ID_XF] + 1, hp.embedding_dim,
-                embeddings_regularizer=_regularizer(hp), name="rater_embedding")
-            self._rater_rated_embedding = tf.keras.layers.Embedding(
-                vocab.sizes[F.USER_ID_XF] + 1, hp.embedding_dim,
-                embeddings_regularizer=_regularizer(hp), name="rater_rated_embedding")
-        self._project = _mlp(layers, hp.embedding_dim, hp, name=f"{name}_mlp")
-
-    def call(self, inputs, training=False):
-        parts = []
-        for key in self._keys:
-            x = inputs[key]
-            if key == F.TIMESTAMP_Z_XF:
-                parts.append(tf.reshape(tf.cast(x, tf.float32), [-1, 1]))
-            elif key in F.PADDED:
-                parts.append(_masked_mean(self._embeddings[key], x, tf.not_equal(x, 0)))
-            else:
-                parts.append(self._embeddings[key](tf.reshape(x, [-1])))
-        if self._history is not None:
-            users = tf.reshape(inputs[F.USER_ID_XF], [-1])
-            history = tf.gather(self._history, users)
-            keep = tf.not_equal(history, 0)
-            if F.MOVIE_ID_XF in inputs:
-                target = tf.cast(tf.reshape(inputs[F.MOVIE_ID_XF], [-1, 1]), tf.int32) + 1
-                keep &= tf.not_equal(history, target)
-            parts.append(_masked_mean(self._history_embedding, history, keep))
-            if self._explicit:
-                # what the user thought of them: embeddings weighted by centred ratings
-                parts.append(_rating_weighted_sum(self._rated_embedding, history,
-                                                  tf.gather(self._history_rating, users), keep))
-            if self._tau and F.TIMESTAMP_S_XF in inputs:
-                # the movies rated close in time to the query (same session)
-                now = tf.reshape(tf.cast(inputs[F.TIMESTAMP_S_XF], tf.float32), [-1, 1])
-                gap = tf.abs(tf.gather(self._history_time, users) - now)
-                weight = tf.exp(-gap / self._tau) * tf.cast(keep, tf.float32)
-                emb = self._session_embedding(history)
-                parts.append(tf.reduce_sum(emb * weight[..., None], axis=1)
-                             / (tf.reduce_sum(weight, axis=1, keepdims=True) + 1e-3))
-        if self._raters is not None:
-            movies = tf.reshape(inputs[F.MOVIE_ID_XF], [-1])
-            raters = tf.gather(self._raters, movies)
-            keep = tf.not_equal(raters, 0)
-            if F.USER_ID_XF in inputs:  # never the asking user's own rating
-                asking = tf.cast(tf.reshape(inputs[F.USER_ID_XF], [-1, 1]), tf.int32) + 1
-                keep &= tf.not_equal(raters, asking)
-            parts.append(_masked_mean(self._rater_embedding, raters, keep))
-            parts.append(_rating_weighted_sum(self._rater_rated_embedding, raters,
-                                              tf.gather(self._rater_rating, movies), keep))
-        return self._project(tf.concat(parts, axis=1), training=training)
-
-
-def query_tower(vocab: Vocab, hp: HParams, name="query_tower", history=None):
-    return _Tower(F.QUERY_XF, vocab, hp, hp.query_layers,
-                  main_keys=(F.USER_ID_XF, F.TIMESTAMP_BUCKET_XF), name=name,
-                  history=history if hp.history_len else None)
-
-
-def candidate_tower(vocab: Vocab, hp: HParams, name="candidate_tower", raters=None):
-    return _Tower(F.CANDIDATE_XF, vocab, hp, hp.candidate_layers,
-                  main_keys=(F.MOVIE_ID_XF, F.TITLE_TOKENS_XF, F.GENRES_XF), name=name,
-                  raters=raters if hp.rater_history_len else None)
-
-
-def user_history(users, movies, times, ratings, num_users: int, length: int):
-    """Three [num_users, length] tables, newest first: each user's `length` most recent
-    movies (movie_id_xf + 1, 0-padded), their times (timestamp_s) and their ratings minus
-    the mean rating. With users and movies swapped: each movie's most recent raters."""
-    table = np.zeros((num_users, max(length, 1)), dtype=np.int32)
-    when = np.zeros((num_users, max(length, 1)), dtype=np.float32)
-    centred = np.zeros((num_users, max(length, 1)), dtype=np.float32)
-    if length <= 0 or len(users) == 0:
-        return table, when, centred
-    ratings = np.asarray(ratings, dtype=np.float32)
-    order = np.lexsort((-np.asarray(times), users))
-    users, movies = np.asarray(users)[order], np.asarray(movies)[order]
-    times, ratings = np.asarray(times)[order], (ratings - ratings.mean())[order]
-    starts = np.searchsorted(users, users, side="left")
-    rank = np.arange(len(users)) - starts
-    keep = rank < length
-    table[users[keep], rank[keep]] = movies[keep] + 1
-    when[users[keep], rank[keep]] = times[keep]
-    centred[users[keep], rank[keep]] = ratings[keep]
-    return table, when, centred
-
-
-class _RatingHead(tf.keras.layers.Layer):
-    """Predicts the rating of (query, movie) from the two embeddings (+ biases)."""
+class RatingHead(tf.keras.layers.Layer):
+    """Predicts the rating of (query, movie) from the two embeddings (+ biases). With
+    rating_tower=separate it has towers of its own (trainer/towers.py: the movie's raters
+    too, when rater_history_len > 0) and user and movie biases."""
 
     def __init__(self, vocab: Vocab, hp: HParams, mean_rating: float, history=None,
                  raters=None, name="rating_head"):
@@ -341,12 +182,13 @@ class _RatingHead(tf.keras.layers.Layer):
             self.query = query_tower(vocab, hp, name="rating_query_tower", history=history)
             self.candidate = candidate_tower(vocab, hp, name="rating_candidate_tower",
                                              raters=raters)
-            self.user_bias = tf.keras.layers.Embedding(
-                vocab.sizes[F.USER_ID_XF], 1, embeddings_initializer="zeros", name="user_bias")
-            self.movie_bias = tf.keras.layers.Embedding(
-                vocab.sizes[F.MOVIE_ID_XF], 1, embeddings_initializer="zeros",
-                name="movie_bias")
-        self.head = _mlp(hp.rating_layers, 1, hp, name=f"{name}_mlp")
+            self.user_bias = TaggedEmbedding(
+                vocab.sizes[F.USER_ID_XF], 1, tag=F.USER_ID_XF,
+                embeddings_initializer="zeros", name="user_bias")
+            self.movie_bias = TaggedEmbedding(
+                vocab.sizes[F.MOVIE_ID_XF], 1, tag=F.MOVIE_ID_XF,
+                embeddings_initializer="zeros", name="movie_bias")
+        self.head = mlp(hp.rating_layers, 1, hp, name=f"{name}_mlp")
         self.mean_rating = float(mean_rating)
 
     def call(self, features, query_embedding, candidate_embedding, training=False):
@@ -364,24 +206,34 @@ class _RatingHead(tf.keras.layers.Layer):
 
 class RatingModel(tf.keras.layers.Layer):
     """The mean of `rating_heads` independently initialised and trained rating heads (an
-    ensemble inside the model: each head learns from its own loss)."""
+    ensemble inside the model: each head learns from its own loss), plus the residual
+    neighbourhood's correction (trainer/neighborhood.py) outside training.
+
+    The neighbourhood is a layer of the model from the start (hp's residual_* settings;
+    None when they turn it off); it corrects nothing until it is fitted to the heads'
+    errors on the training ratings after training (trainer/fit.py's fit_neighborhood).
+    It is never part of the loss."""
 
     def __init__(self, vocab: Vocab, hp: HParams, mean_rating: float, history=None,
                  raters=None):
         super().__init__(name="rating_model")
         count = hp.rating_heads if hp.rating_tower == "separate" else 1
-        self.heads = [_RatingHead(vocab, hp, mean_rating, history, raters,
-                                  name=f"rating_head_{i}")
+        self.heads = [RatingHead(vocab, hp, mean_rating, history, raters,
+                                 name=f"rating_head_{i}")
                       for i in range(count)]
-        # set after training (trainer.fit.attach_neighborhood); never part of the loss
-        self.neighborhood = None
+        self.neighborhood = ResidualNeighborhood.from_hparams(hp)
 
-    def call(self, features, query_embedding, candidate_embedding, training=False):
+    def factor_rating(self, features, query_embedding, candidate_embedding, training=False):
+        """The heads' mean rating, without the neighbourhood's correction."""
         self.members = tf.stack(  # [batch, heads]
             [h(features, query_embedding, candidate_embedding, training=training)
              for h in self.heads], axis=1)
-        rating = tf.reduce_mean(self.members, axis=1)
-        if self.neighborhood is not None:
+        return tf.reduce_mean(self.members, axis=1)
+
+    def call(self, features, query_embedding, candidate_embedding, training=False):
+        rating = self.factor_rating(features, query_embedding, candidate_embedding,
+                                    training=training)
+        if not training and self.neighborhood is not None and self.neighborhood.fitted:
             rating += self.neighborhood(features)
         return rating
 
@@ -392,7 +244,7 @@ class MovieRecModel(tfrs.Model):
     def __init__(self, vocab: Vocab, hp: HParams, movie_log_prob=None, mean_rating=3.5,
                  history=None, raters=None):
         """history: user_history(...) of the training ratings (None: empty tables);
-        raters: the same per movie (movie_raters(...))."""
+        raters: the same per movie, users and movies swapped."""
         super().__init__()
         self.hp = hp
         if history is None and hp.history_len:

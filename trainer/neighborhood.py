@@ -19,6 +19,8 @@ request would not know; the rated movie's own rating never counts.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import tensorflow as tf
 
@@ -90,12 +92,44 @@ def _sorted_log(keys, *columns):
 
 
 class ResidualNeighborhood(tf.keras.layers.Layer):
-    """The correction above, from the training ratings' ids, times and residuals."""
+    """The correction above, from the training ratings' ids, times and residuals.
 
-    def __init__(self, users, movies, times, residuals, neighbors, similarities,
-                 knn_weight: float, session_weight: float, session_tau: float,
-                 name="residual_neighborhood"):
+    A layer of the rating model from the model's construction (trainer/model.py's
+    RatingModel), with its weights and time scale; it corrects nothing until it is fitted
+    after training (fit(): the trained model's errors on its training ratings), which
+    creates its tables. The exported model holds them."""
+
+    def __init__(self, knn_weight: float, session_weight: float, session_tau: float,
+                 neighbors: int = 30, name="residual_neighborhood"):
         super().__init__(name=name, trainable=False)
+        self._knn_weight = float(knn_weight)
+        self._session_weight = float(session_weight)
+        self._session_tau = float(session_tau)
+        self._k = int(neighbors)
+        self.fitted = False
+        self.seconds = 0.0  # what fit() took (training.json)
+
+    @classmethod
+    def from_hparams(cls, hp) -> "ResidualNeighborhood | None":
+        """hp's residual_* settings; None when both weights are 0 (off)."""
+        if not (hp.residual_knn_weight or hp.residual_session_weight):
+            return None
+        return cls(hp.residual_knn_weight, hp.residual_session_weight,
+                   hp.residual_session_tau, neighbors=hp.residual_neighbors)
+
+    def fit(self, users, movies, times, ratings, residuals, num_movies: int):
+        """Fits it to training ratings (ids, times, ratings) and the trained model's
+        errors on them: each movie's most similar movies (similar_movies), the logs."""
+        started = time.time()
+        similar, similarity = similar_movies(users, movies, ratings, num_movies, self._k)
+        self.set_tables(users, movies, times, residuals, similar, similarity)
+        self.seconds = time.time() - started
+
+    def set_tables(self, users, movies, times, residuals, neighbors, similarities):
+        """Creates its tables: the training ratings' ids, times and residuals, and each
+        movie's `neighbors` ([movies, k] ids, -1 = none) with their `similarities`."""
+        if self.fitted:
+            raise ValueError(f"{self.name} is fitted already")
         users = np.asarray(users, dtype=np.int64)
         movies = np.asarray(movies, dtype=np.int64)
         times = np.asarray(times, dtype=np.float32)
@@ -115,9 +149,7 @@ class ResidualNeighborhood(tf.keras.layers.Layer):
         self._time_residuals = variable(time_residuals, tf.float32, "time_residuals")
         self._neighbors = variable(neighbors, tf.int64, "neighbors")
         self._similarities = variable(similarities, tf.float32, "similarities")
-        self._knn_weight = float(knn_weight)
-        self._session_weight = float(session_weight)
-        self._session_tau = float(session_tau)
+        self.fitted = True
 
     def _lookup(self, keys, sorted_keys, values):
         """values at `keys` in the sorted log, and whether each key is there."""
@@ -155,6 +187,9 @@ class ResidualNeighborhood(tf.keras.layers.Layer):
                 / (tf.reduce_sum(weight, axis=1) + SESSION_SHRINK))
 
     def call(self, features):
+        """The correction of each example's rating (zeros until fitted)."""
+        if not self.fitted:
+            return tf.zeros_like(tf.reshape(features[F.USER_ID_XF], [-1]), tf.float32)
         users = tf.cast(tf.reshape(features[F.USER_ID_XF], [-1]), tf.int64)
         movies = tf.cast(tf.reshape(features[F.MOVIE_ID_XF], [-1]), tf.int64)
         correction = self._knn_weight * self.knn(users, movies)

@@ -19,7 +19,7 @@ import tensorflow_transform as tft
 
 from trainer import data, distribution, export
 from trainer import features as F
-from trainer.fit import attach_neighborhood, fit
+from trainer.fit import fit, fit_neighborhood
 from trainer.model import HParams, Vocab
 
 
@@ -52,7 +52,7 @@ def train_and_export(train_files, catalog_files, transform_output: str, serving_
 
     model, counts, history = fit(train, vocab, hp, validation,
                                  initialize=initialize if base_model else None)
-    neighborhood_seconds = attach_neighborhood(model, train, vocab, hp)
+    neighborhood_seconds = fit_neighborhood(model, train, vocab)
     catalog, catalog_xf_ids = data.load_catalog(data.tfrecord_files(catalog_files), tft_layer)
     chief = distribution.is_chief(strategy)
     if chief:

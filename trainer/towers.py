@@ -1,0 +1,215 @@
+"""The towers: small layers composed, one concept each.
+
+    Tower = FeatureEmbedding (the example's own features)
+          + context blocks (each a list of [batch, d] parts):
+              UserHistoryPooling   the user's history: mean, rating-weighted, session
+              RaterPooling         the movie's raters: mean, rating-weighted
+          -> concatenation -> projection (an MLP)
+
+query_tower() and candidate_tower() compose them from the hyperparameters. A history
+block reads its history from a StoredHistory (trainer/history.py) and hands it to the
+pooling layers (trainer/pooling.py) as tensors; another source of the same tensors (a
+request's history) plugs in without changing the poolings.
+
+Layers are built (their weights initialized) in the order they are first called: the
+features in key order, then the blocks, then the projection.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+
+from trainer import features as F
+from trainer import history as H
+from trainer.embedding import TaggedEmbedding
+from trainer.pooling import MeanPooling, RatingWeightedPooling, SessionPooling
+
+
+def regularizer(hp):
+    return tf.keras.regularizers.l2(hp.l2) if hp.l2 else None
+
+
+def mlp(layers: Sequence[int], out_dim: int | None, hp, name: str):
+    """ReLU layers of the given widths (each followed by dropout when hp.dropout), then a
+    linear layer of out_dim (none when out_dim is None)."""
+    stack = []
+    for width in layers:
+        stack.append(tf.keras.layers.Dense(width, activation="relu",
+                                           kernel_regularizer=regularizer(hp)))
+        if hp.dropout:
+            stack.append(tf.keras.layers.Dropout(hp.dropout))
+    if out_dim is not None:
+        stack.append(tf.keras.layers.Dense(out_dim, kernel_regularizer=regularizer(hp)))
+    return tf.keras.Sequential(stack, name=name)
+
+
+def _flat(x):
+    return tf.reshape(x, [-1])
+
+
+class FeatureEmbedding(tf.keras.layers.Layer):
+    """The example's own features, one [batch, d] part each in the order of `keys`: ids
+    embedded, 0-padded token lists (title tokens, genres) mean-pooled, the normalized
+    timestamp as it is. Tables of vocabulary features are tagged with their feature."""
+
+    def __init__(self, keys, vocab, hp, main_keys, **kwargs):
+        super().__init__(**kwargs)
+        self.keys = tuple(keys)
+        self.encoders = {}
+        for key in self.keys:
+            if key == F.TIMESTAMP_Z_XF:
+                continue
+            dim = hp.embedding_dim if key in main_keys else hp.side_embedding_dim
+            options = dict(mask_zero=key in F.PADDED, embeddings_regularizer=regularizer(hp),
+                           name=f"{key}_embedding")
+            if key in F.VOCABS:
+                table = TaggedEmbedding(vocab.sizes[key], dim, tag=key,
+                                        reserved=1 if key in F.PADDED else 0, **options)
+            else:  # buckets: the same rows in every run
+                table = tf.keras.layers.Embedding(vocab.sizes[key], dim, **options)
+            self.encoders[key] = MeanPooling(table, name=f"{key}_mean") \
+                if key in F.PADDED else table
+
+    def call(self, inputs):
+        parts = []
+        for key in self.keys:
+            x = inputs[key]
+            if key == F.TIMESTAMP_Z_XF:
+                parts.append(tf.reshape(tf.cast(x, tf.float32), [-1, 1]))
+            elif key in F.PADDED:
+                parts.append(self.encoders[key](x, keep=tf.not_equal(x, 0)))
+            else:
+                parts.append(self.encoders[key](_flat(x)))
+        return parts
+
+
+class UserHistoryPooling(tf.keras.layers.Layer):
+    """The query side's history parts: the user's stored history (`source`), the example's
+    own movie left out of it (a training example never sees its answer), pooled by
+    `mean`, `rated` (rating-weighted, optional) and `session` (optional; only when the
+    input has a time)."""
+
+    def __init__(self, source: H.StoredHistory, mean: MeanPooling,
+                 rated: RatingWeightedPooling | None = None,
+                 session: SessionPooling | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.source, self.mean, self.rated, self.session = source, mean, rated, session
+
+    def call(self, inputs):
+        timed = self.session is not None and F.TIMESTAMP_S_XF in inputs
+        fields = (H.IDS,) + ((H.RATINGS,) if self.rated is not None else ()) \
+            + ((H.TIMES,) if timed else ())
+        history = self.source(_flat(inputs[F.USER_ID_XF]), fields=fields)
+        ids = history[H.IDS]
+        keep = tf.not_equal(ids, 0)
+        if F.MOVIE_ID_XF in inputs:
+            target = tf.cast(tf.reshape(inputs[F.MOVIE_ID_XF], [-1, 1]), tf.int32) + 1
+            keep &= tf.not_equal(ids, target)
+        parts = [self.mean(ids, keep=keep)]
+        if self.rated is not None:
+            parts.append(self.rated(ids, ratings=history[H.RATINGS], keep=keep))
+        if timed:
+            parts.append(self.session(ids, times=history[H.TIMES],
+                                      now=inputs[F.TIMESTAMP_S_XF], keep=keep))
+        return parts
+
+
+class RaterPooling(tf.keras.layers.Layer):
+    """The candidate side's raters parts: the movie's stored raters (`source`), the asking
+    user left out of them, pooled by `mean` and `rated` (rating-weighted)."""
+
+    def __init__(self, source: H.StoredHistory, mean: MeanPooling,
+                 rated: RatingWeightedPooling, **kwargs):
+        super().__init__(**kwargs)
+        self.source, self.mean, self.rated = source, mean, rated
+
+    def call(self, inputs):
+        raters = self.source(_flat(inputs[F.MOVIE_ID_XF]), fields=(H.IDS, H.RATINGS))
+        ids = raters[H.IDS]
+        keep = tf.not_equal(ids, 0)
+        if F.USER_ID_XF in inputs:  # never the asking user's own rating
+            asking = tf.cast(tf.reshape(inputs[F.USER_ID_XF], [-1, 1]), tf.int32) + 1
+            keep &= tf.not_equal(ids, asking)
+        return [self.mean(ids, keep=keep),
+                self.rated(ids, ratings=raters[H.RATINGS], keep=keep)]
+
+
+class Tower(tf.keras.layers.Layer):
+    """features + context parts -> concatenation -> projection: [batch, embedding_dim]."""
+
+    def __init__(self, features: FeatureEmbedding, context: Sequence[tf.keras.layers.Layer],
+                 projection: tf.keras.layers.Layer, **kwargs):
+        super().__init__(**kwargs)
+        self.features = features
+        self.context = list(context)
+        self.projection = projection
+
+    def call(self, inputs, training=False):
+        parts = self.features(inputs)
+        for block in self.context:
+            parts = parts + block(inputs)
+        return self.projection(tf.concat(parts, axis=1), training=training)
+
+
+def _movie_table(vocab, hp, name):
+    """Embeddings of movies in a history (row 0: padding)."""
+    return TaggedEmbedding(vocab.sizes[F.MOVIE_ID_XF] + 1, hp.embedding_dim,
+                           tag=F.MOVIE_ID_XF, reserved=1,
+                           embeddings_regularizer=regularizer(hp), name=name)
+
+
+def _user_table(vocab, hp, name):
+    """Embeddings of users among a movie's raters (row 0: padding)."""
+    return TaggedEmbedding(vocab.sizes[F.USER_ID_XF] + 1, hp.embedding_dim,
+                           tag=F.USER_ID_XF, reserved=1,
+                           embeddings_regularizer=regularizer(hp), name=name)
+
+
+def user_history_pooling(vocab, hp, history) -> UserHistoryPooling:
+    """history: user_history(...)'s (movies, times, ratings) tables."""
+    movies, times, ratings = history
+    return UserHistoryPooling(
+        H.StoredHistory(movies, ratings, times, name="user_history"),
+        MeanPooling(_movie_table(vocab, hp, "history_embedding"), name="history_mean"),
+        rated=RatingWeightedPooling(_movie_table(vocab, hp, "rated_embedding"),
+                                    name="history_rated") if hp.history_ratings else None,
+        session=SessionPooling(_movie_table(vocab, hp, "session_embedding"), hp.session_tau,
+                               name="history_session") if hp.session_tau else None,
+        name="history")
+
+
+def rater_pooling(vocab, hp, raters) -> RaterPooling:
+    """raters: user_history(...)'s tables with users and movies swapped (times unused)."""
+    users, _, ratings = raters
+    return RaterPooling(
+        H.StoredHistory(users, ratings, name="raters"),
+        MeanPooling(_user_table(vocab, hp, "rater_embedding"), name="rater_mean"),
+        RatingWeightedPooling(_user_table(vocab, hp, "rater_rated_embedding"),
+                              name="rater_rated"),
+        name="raters")
+
+
+def query_tower(vocab, hp, name="query_tower", history=None) -> Tower:
+    """The user at a time: their features, and (history_len > 0, `history` given) their
+    stored history's poolings."""
+    context = [user_history_pooling(vocab, hp, history)] \
+        if history is not None and hp.history_len else []
+    return Tower(FeatureEmbedding(F.QUERY_XF, vocab, hp,
+                                  main_keys=(F.USER_ID_XF, F.TIMESTAMP_BUCKET_XF),
+                                  name="features"),
+                 context, mlp(hp.query_layers, hp.embedding_dim, hp, name=f"{name}_mlp"),
+                 name=name)
+
+
+def candidate_tower(vocab, hp, name="candidate_tower", raters=None) -> Tower:
+    """The movie: its features, and (rater_history_len > 0, `raters` given) its stored
+    raters' poolings."""
+    context = [rater_pooling(vocab, hp, raters)] \
+        if raters is not None and hp.rater_history_len else []
+    return Tower(FeatureEmbedding(F.CANDIDATE_XF, vocab, hp,
+                                  main_keys=(F.MOVIE_ID_XF, F.TITLE_TOKENS_XF, F.GENRES_XF),
+                                  name="features"),
+                 context, mlp(hp.candidate_layers, hp.embedding_dim, hp, name=f"{name}_mlp"),
+                 name=name)
