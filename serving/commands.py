@@ -43,6 +43,9 @@ def add_commands(sub) -> None:
     rate.add_argument("--movie", required=True,
                       help="movie id, or title (exact, case-insensitive, else a unique "
                       "part of one)")
+    rate.add_argument("--at", type=int, default=0, metavar="TIMESTAMP",
+                      help="when (seconds since the epoch; default now): the model's time "
+                      "features see it")
     rate.set_defaults(func=cmd_rate)
 
 
@@ -181,8 +184,13 @@ def cmd_rate(args) -> int:
     except ValueError as e:
         raise UserError(f"{model_dir}: {e}") from e
     movie_id, title = resolve_movie(args.movie, ids, titles)
-    out = model.signatures[S.RATE](**{S.USER_ID: tf.constant([args.user]),
-                                      S.MOVIE_ID: tf.constant([movie_id])})
+    inputs = {S.USER_ID: tf.constant([args.user]), S.MOVIE_ID: tf.constant([movie_id])}
+    if S.TIMESTAMP in model.signatures[S.RATE].structured_input_signature[1]:
+        inputs[S.TIMESTAMP] = tf.constant([args.at], tf.int64)
+    elif args.at:
+        raise UserError(f"{model_dir}: its rate signature takes no timestamp (exported "
+                        f"before rate had one): --at needs a newer model")
+    out = model.signatures[S.RATE](**inputs)
     rating = float(out[S.RATING].numpy()[0])
     *_, known_user = _recommendations(model, args.user, 1)
     if args.json:

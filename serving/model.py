@@ -183,6 +183,9 @@ class Signature:
         self.outputs = dict(fn.structured_outputs)  # name -> TensorSpec
         self.signature_def = signature_def
         self._converters = {n: _numpy_dtype(s.dtype) for n, s in self.inputs.items()}
+        # inputs a request may leave out (trainer.signatures.OPTIONAL_INPUTS), by value
+        self.optional = {n: v for n, v in S.OPTIONAL_INPUTS.get(name, {}).items()
+                         if n in self.inputs}
         self._single_input = next(iter(self.inputs)) if len(self.inputs) == 1 else None
         self._single_output = next(iter(self.outputs)) if len(self.outputs) == 1 else None
         self._takes_examples = (self._single_input == S.EXAMPLES
@@ -244,7 +247,8 @@ class Signature:
                     not self._takes_examples or set(instance) == {S.EXAMPLES}):
                 self._check_input_names(instance, names, f"{where}: ")
                 for n in names:
-                    columns[n].append(self._example_value(instance[n], where))
+                    columns[n].append(self._example_value(
+                        instance[n] if n in instance else self.optional[n], where))
             elif self._single_input is not None:
                 columns[self._single_input].append(self._example_value(instance, where))
             else:
@@ -263,7 +267,7 @@ class Signature:
         if unknown:
             raise RequestError(f"{where}unknown input {unknown[0]!r} for signature "
                                f"{self.name!r} (inputs: {', '.join(names)})")
-        missing = [n for n in names if n not in given]
+        missing = [n for n in names if n not in given and n not in self.optional]
         if missing:
             raise RequestError(f"{where}missing input {missing[0]!r} for signature "
                                f"{self.name!r}")
@@ -280,7 +284,7 @@ class Signature:
             raise RequestError(f"signature {self.name!r} has several inputs "
                                f"({', '.join(names)}): 'inputs' must be an object naming them")
         feeds = {}
-        for n in names:
+        for n in [n for n in names if n in values]:
             value = values[n]
             if self._takes_examples and isinstance(value, list):
                 value = [self._example_value(v, f"inputs.{n}[{i}]")
@@ -289,6 +293,10 @@ class Signature:
         sizes = {a.shape[0] for a in feeds.values() if a.ndim}
         if len(sizes) > 1:
             raise RequestError(f"inputs have different batch sizes: {sorted(sizes)}")
+        for n in [n for n in names if n not in feeds]:  # optional, left out
+            batch = sizes.pop() if sizes else 1
+            feeds[n] = self._array(n, [self.optional[n]] * batch, None,
+                                   f"inputs: input {n!r}")
         return feeds
 
     def feeds(self, request: dict) -> tuple[dict, bool]:

@@ -126,9 +126,29 @@ def test_serving_default_rates_raw_examples(exported, example_files):
 def test_rate_looks_up_user_and_movie(exported):
     model, _ = exported
     out = model.signatures["rate"](user_id=tf.constant(["1", "1"]),
-                                   movie_id=tf.constant(["1", "no-such-movie"]))
+                                   movie_id=tf.constant(["1", "no-such-movie"]),
+                                   timestamp=tf.constant([0, 0], tf.int64))
     assert out["known_movie"].numpy().tolist() == [True, False]
     assert np.all(np.isfinite(out["rating"].numpy()))
+
+
+def test_rate_at_a_ratings_time_is_serving_default_on_its_example(exported, example_files):
+    """`rate` looks the user's and the movie's features up in the model; at a rating's own
+    timestamp it answers what serving_default answers for that rating's full example."""
+    model, _ = exported
+    serialized = [r.numpy() for r in tf.data.TFRecordDataset(
+        example_files["eval"], compression_type="GZIP").take(64)]
+    features = [tf.train.Example.FromString(x).features.feature for x in serialized]
+    users = [f["user_id"].bytes_list.value[0] for f in features]
+    movies = [f["movie_id"].bytes_list.value[0] for f in features]
+    stamps = [f["timestamp"].int64_list.value[0] for f in features]
+    rated = model.signatures["rate"](user_id=tf.constant(users), movie_id=tf.constant(movies),
+                                     timestamp=tf.constant(stamps, tf.int64))["rating"]
+    full = model.signatures["serving_default"](examples=tf.constant(serialized))["rating"]
+    np.testing.assert_allclose(rated.numpy(), full.numpy(), rtol=1e-5, atol=1e-5)
+    at_now = model.signatures["rate"](user_id=tf.constant(users), movie_id=tf.constant(movies),
+                                      timestamp=tf.zeros([len(users)], tf.int64))["rating"]
+    assert not np.allclose(at_now.numpy(), rated.numpy())  # the time is not ignored
 
 
 def test_catalog_examples_round_trip():

@@ -205,8 +205,26 @@ def test_recommend_at_and_rate(server, loaded):
     assert status == 200
     assert body["outputs"]["known_movie"] == [True, False]
     expected = loaded.signatures["rate"](user_id=tf.constant([user]),
-                                         movie_id=tf.constant(["1"]))["rating"].numpy()[0]
-    assert body["outputs"]["rating"][0] == pytest.approx(float(expected), rel=1e-5)
+                                         movie_id=tf.constant(["1"]),
+                                         timestamp=tf.constant([0], tf.int64))
+    assert body["outputs"]["rating"][0] == pytest.approx(
+        float(expected["rating"].numpy()[0]), rel=1e-5)  # no timestamp: now
+
+    # a timestamp, in either format, is the model's answer at that time
+    then = 880_000_000
+    at_then = float(loaded.signatures["rate"](
+        user_id=tf.constant([user]), movie_id=tf.constant(["1"]),
+        timestamp=tf.constant([then], tf.int64))["rating"].numpy()[0])
+    status, rows = server.predict({"signature_name": "rate", "instances": [
+        {"user_id": user, "movie_id": "1", "timestamp": then},
+        {"user_id": user, "movie_id": "1"}]})
+    assert status == 200, rows
+    assert rows["predictions"][0]["rating"] == pytest.approx(at_then, rel=1e-5)
+    assert rows["predictions"][1]["rating"] == pytest.approx(body["outputs"]["rating"][0],
+                                                             rel=1e-5)
+    status, cols = server.predict({"signature_name": "rate", "inputs": {
+        "user_id": [user], "movie_id": ["1"], "timestamp": [then]}})
+    assert status == 200 and cols["outputs"]["rating"][0] == pytest.approx(at_then, rel=1e-5)
 
 
 def test_serving_default_b64_and_feature_dicts(server, loaded, example_files):
@@ -429,7 +447,8 @@ def test_rate_command(capsys, model_dir, synth_data, loaded, cached_loads):
     model = str(model_dir)
     movie = synth_data.movies[16]  # id "17", title "<words> 17 (<year>)"
     expected = float(loaded.signatures["rate"](
-        user_id=tf.constant(["1"]), movie_id=tf.constant([movie.movie_id]))["rating"][0])
+        user_id=tf.constant(["1"]), movie_id=tf.constant([movie.movie_id]),
+        timestamp=tf.constant([0], tf.int64))["rating"][0])
 
     for query in (movie.movie_id, movie.title.upper(), f" {movie.movie_id} ("):
         rc, out, err = _cli(capsys, "rate", "--model", model, "--user", "1", "--movie",
@@ -442,6 +461,15 @@ def test_rate_command(capsys, model_dir, synth_data, loaded, cached_loads):
     rc, out, _ = _cli(capsys, "rate", "--model", model, "--user", "1", "--movie",
                       movie.movie_id)
     assert rc == 0 and f"{movie.title} (movie {movie.movie_id}): {expected:.2f}" in out
+
+    then = 880_000_000
+    at_then = float(loaded.signatures["rate"](
+        user_id=tf.constant(["1"]), movie_id=tf.constant([movie.movie_id]),
+        timestamp=tf.constant([then], tf.int64))["rating"][0])
+    rc, out, err = _cli(capsys, "rate", "--model", model, "--user", "1", "--movie",
+                        movie.movie_id, "--at", str(then), "--json")
+    assert rc == 0, err
+    assert json.loads(out)["rating"] == pytest.approx(at_then, abs=1e-3)
 
     rc, _, err = _cli(capsys, "rate", "--model", model, "--user", "1", "--movie", "(19")
     assert rc == 2 and len(err.splitlines()) == 1 and "matches" in err

@@ -204,10 +204,11 @@ class MovieRecExport(tf.Module):
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name=S.USER_ID),
         tf.TensorSpec([None], tf.string, name=S.MOVIE_ID),
+        tf.TensorSpec([None], tf.int64, name=S.TIMESTAMP),
     ])
-    def rate(self, user_id, movie_id):
-        raw, _ = self._raw_query(user_id, self._now_if_unset(tf.zeros_like(user_id,
-                                                                             tf.int64)))
+    def rate(self, user_id, movie_id, timestamp):
+        """The rating `user_id` would give `movie_id` at `timestamp` (<= 0: now)."""
+        raw, _ = self._raw_query(user_id, self._now_if_unset(timestamp))
         row = self._movie_row.lookup(movie_id)
         movie = self._raw_movies(tf.maximum(row, 0))
         movie[F.MOVIE_ID] = movie_id  # unknown movies keep their id (-> OOV embedding)

@@ -14,7 +14,7 @@ from trainer import features as F
 SERVING_DEFAULT = "serving_default"  # examples -> rating (TFMA evaluates this one)
 RECOMMEND = "recommend"  # user_id -> top-DEFAULT_K movies at "now"
 RECOMMEND_AT = "recommend_at"  # user_id, timestamp, k -> top-k movies
-RATE = "rate"  # user_id, movie_id -> rating
+RATE = "rate"  # user_id, movie_id, timestamp -> rating
 SCORE_CATALOG = "score_catalog"  # user_id, timestamp -> a score per catalog movie
 ALL = (SERVING_DEFAULT, RECOMMEND, RECOMMEND_AT, RATE, SCORE_CATALOG)
 
@@ -32,6 +32,11 @@ MOVIE_TITLES = "movie_titles"  # also a module variable
 SCORES = "scores"
 KNOWN_USER = "known_user"  # False: the user was not in the training data
 KNOWN_MOVIE = "known_movie"
+
+# Inputs a request to `movierec serve` may leave out, with the value the server gives
+# them ({signature: {input: value}}); a SavedModel signature itself needs every input
+# (TF Serving: give them).
+OPTIONAL_INPUTS = {RATE: {TIMESTAMP: 0}}
 
 DEFAULT_K = 10
 MAX_K = 100  # recommend_at's largest k
