@@ -40,8 +40,8 @@ import weakref
 import tensorflow as tf
 
 from serving import versions
-from trainer import storage
 from serving.model import RequestError, ServedModel
+from trainer import storage
 
 log = logging.getLogger("movierec.serve")
 
@@ -73,7 +73,7 @@ def _fingerprint(path: str):
             full = storage.join(root, name)
             try:
                 st = storage.stat(full)
-            except (OSError, tf.errors.OpError):
+            except OSError:
                 continue
             files.append((full[len(path):].lstrip("/"), st.st_size, st.st_mtime_ns))
     return tuple(files)
@@ -131,7 +131,7 @@ class VersionManager:
             return versions.on_disk(self.base)
         except OSError as e:
             if not self._warned_empty:
-                log.warning("cannot list %s: %s", self.base, e.strerror)
+                log.warning("cannot list %s: %s", self.base, e.strerror or e)
                 self._warned_empty = True
             return {}
 

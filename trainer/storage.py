@@ -1,4 +1,5 @@
 """Files wherever they live: a local path, or an object-store URI (gs://, s3://, ...).
+A URI's failures raise OSError, as the local path's would.
 
 The product's own file accesses outside a Beam pipeline (the data directory's files, the
 input fingerprint, artifacts that `inspect` and `report` read, `serve`'s version polling,
@@ -54,6 +55,14 @@ def _gfile(path):
     return tf.io.gfile
 
 
+def _on_uri(operation: str, path, *args):
+    """tf.io.gfile's `operation` on the URI `path`, with TensorFlow's errors raised as the
+    OSError that the same call on a local path raises."""
+    gfile = _gfile(path)
+    with _os_errors():
+        return getattr(gfile, operation)(str(path), *args)
+
+
 def join(base, *names) -> str:
     """`base`/`names`: os.path.join for a local path, "/"-joined for a URI."""
     return posixpath.join(str(base), *names) if is_uri(base) else os.path.join(base, *names)
@@ -67,30 +76,29 @@ def absolute(path) -> str:
 
 
 def exists(path) -> bool:
-    return _gfile(path).exists(str(path)) if is_uri(path) else os.path.exists(path)
+    return _on_uri("exists", path) if is_uri(path) else os.path.exists(path)
 
 
 def isdir(path) -> bool:
-    return _gfile(path).isdir(str(path)) if is_uri(path) else os.path.isdir(path)
+    return _on_uri("isdir", path) if is_uri(path) else os.path.isdir(path)
 
 
 def isfile(path) -> bool:
     if is_uri(path):
-        gfile = _gfile(path)
-        return gfile.exists(str(path)) and not gfile.isdir(str(path))
+        return exists(path) and not isdir(path)
     return os.path.isfile(path)
 
 
 def listdir(path) -> list[str]:
     """The names in directory `path` (without a trailing "/")."""
     if is_uri(path):
-        return [name.rstrip("/") for name in _gfile(path).listdir(str(path))]
+        return [name.rstrip("/") for name in _on_uri("listdir", path)]
     return os.listdir(path)
 
 
 def makedirs(path) -> None:
     if is_uri(path):
-        _gfile(path).makedirs(str(path))
+        _on_uri("makedirs", path)
     else:
         os.makedirs(path, exist_ok=True)
 
@@ -162,7 +170,7 @@ class Stat(NamedTuple):
 
 def stat(path) -> Stat:
     if is_uri(path):
-        found = _gfile(path).stat(str(path))
+        found = _on_uri("stat", path)
         return Stat(int(found.length), int(found.mtime_nsec))
     found = os.stat(path)
     return Stat(found.st_size, found.st_mtime_ns)
@@ -171,8 +179,9 @@ def stat(path) -> Stat:
 def walk(path) -> Iterator[tuple[str, list[str], list[str]]]:
     """(directory, subdirectory names, file names) under `path`, top down, as os.walk."""
     if is_uri(path):
-        for directory, subdirs, names in _gfile(path).walk(str(path)):
-            yield (directory.rstrip("/"), [d.rstrip("/") for d in subdirs], list(names))
+        with _os_errors():
+            for directory, subdirs, names in _gfile(path).walk(str(path)):
+                yield (directory.rstrip("/"), [d.rstrip("/") for d in subdirs], list(names))
     else:
         yield from os.walk(path)
 
