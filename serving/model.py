@@ -293,8 +293,8 @@ class Signature:
         sizes = {a.shape[0] for a in feeds.values() if a.ndim}
         if len(sizes) > 1:
             raise RequestError(f"inputs have different batch sizes: {sorted(sizes)}")
+        batch = next(iter(sizes), 1)
         for n in [n for n in names if n not in feeds]:  # optional, left out
-            batch = sizes.pop() if sizes else 1
             feeds[n] = self._array(n, [self.optional[n]] * batch, None,
                                    f"inputs: input {n!r}")
         return feeds
