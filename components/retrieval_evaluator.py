@@ -101,9 +101,8 @@ def RetrievalEvaluator(
             return ev.evaluate_replay(served, ev.serialized_batches(train_uri),
                                       ev.serialized_batches(split_uri), rating=False,
                                       max_requests=max_examples)
-        return {"protocol": HELD_OUT, **ev.evaluate(
-            served, ev.serialized_batches(split_uri, max_examples=max_examples),
-            rating=False, train_rated=train_rated)}
+        return ev.evaluate(served, ev.serialized_batches(split_uri, max_examples=max_examples),
+                           rating=False, train_rated=train_rated)
 
     metrics = measure(model)
     baseline = measure(baseline_model) if baseline_model is not None else None

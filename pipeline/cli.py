@@ -397,9 +397,9 @@ def cmd_evaluate(args) -> int:
         train_rated = (evaluation.rated_movies(_example_batches(args.data_dir,
                                                                 args.train_ratings_file))
                        if args.train_ratings_file else None)
-        metrics = {"protocol": HELD_OUT, **evaluation.evaluate(
-            model, _example_batches(args.data_dir, args.ratings_file),
-            train_rated=train_rated)}
+        metrics = evaluation.evaluate(model, _example_batches(args.data_dir,
+                                                              args.ratings_file),
+                                      train_rated=train_rated)
     metrics["model"] = model_dir
     if args.json:
         print(json.dumps(metrics, sort_keys=True))

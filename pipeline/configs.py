@@ -435,7 +435,7 @@ def from_options(options: Mapping[str, Any], local_data: bool = False) -> Pipeli
     if "eval_fraction" in values and not 0 < values["eval_fraction"] < 1:
         raise UserError(f"eval_fraction must be between 0 and 1, got "
                         f"{values['eval_fraction']}")
-    if "://" in str(values["output_dir"]):
+    if storage.is_uri(values["output_dir"]):
         raise UserError(f"output_dir must be a local directory (it holds the run's lock and "
                         f"logs), not {values['output_dir']!r}")
     values["output_dir"] = os.path.abspath(os.path.expanduser(values["output_dir"]))
@@ -456,7 +456,10 @@ def from_options(options: Mapping[str, Any], local_data: bool = False) -> Pipeli
         data_dir = _storage_location("data_dir", data_dir)
         # an object store is asked only by a run from here (not by an export for a
         # cluster, whose credentials may be elsewhere)
-        readable = local_data and storage.isdir(data_dir)
+        try:
+            readable = local_data and storage.isdir(data_dir)
+        except OSError as e:  # the store cannot be reached (endpoint, credentials)
+            raise UserError(f"data directory {data_dir}: {e}") from None
     else:
         data_dir = os.path.expanduser(data_dir.rstrip("/") or "/")
         readable = os.path.isdir(data_dir)

@@ -120,8 +120,9 @@ def _per_user_metrics(ranker, held_out: dict, prefix: str, filtered: bool) -> di
 
 def evaluate(model, batches, rating: bool = True, retrieval: bool = True,
              train_rated: dict | None = None) -> dict:
-    """Metrics of `model` over batches of serialized held-out rating examples.
-    train_rated (user -> movies rated in training) adds the filtered protocol."""
+    """Metrics of `model` over batches of serialized held-out rating examples, by the
+    held-out protocol (`protocol` M.HELD_OUT). train_rated (user -> movies rated in
+    training) adds the filtered metrics."""
     ranker = _Ranker(model, train_rated) if retrieval else None
     ranks, filtered_ranks, errors = [], [], []
     held_out = collections.defaultdict(list)
@@ -140,7 +141,7 @@ def evaluate(model, batches, rating: bool = True, retrieval: bool = True,
         if rating:
             predicted = model.signatures[S.SERVING_DEFAULT](**{S.EXAMPLES: batch})[S.RATING]
             errors.append(predicted.numpy() - cols[F.RATING])
-    metrics = M.rating_metrics(errors) if rating else {}
+    metrics = {"protocol": M.HELD_OUT, **(M.rating_metrics(errors) if rating else {})}
     if retrieval and ranks:
         metrics.update(M.top_k_metrics(ranks, ""))
         metrics.update(_per_user_metrics(ranker, held_out, "", filtered=False))
