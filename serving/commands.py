@@ -50,8 +50,12 @@ def add_commands(sub) -> None:
 
 
 def _query_parser(sub, name: str, help_text: str):
-    """A subcommand that asks a pushed model about one user: --model, --user, --json."""
+    """A subcommand that asks a pushed model about one user: --model, --user, --rated,
+    --json."""
     parser = sub.add_parser(name, help=help_text)
+    parser.add_argument("--rated", default="", metavar="MOVIE:RATING,...",
+                        help="ratings the user made that the model may not know (e.g. "
+                        "50:5,181:4; oldest first), merged with its stored history")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="a SavedModel version dir, or a serving base (its newest "
                         f"version); default {DEFAULT_MODEL}")
@@ -102,14 +106,56 @@ def _load(path: str):
     return versions.load_newest(path, saved_model.load, check=check)
 
 
-def _recommendations(model, user: str, k: int):
-    import tensorflow as tf
+def parse_rated(text: str, ids: list[str]) -> dict:
+    """`--rated 50:5,181:4` as the signatures' history inputs (one request; the movies in
+    the order given, the last the newest, all before now). One-line errors name the bad
+    entry: not movie:rating, a movie the model does not know, a rating outside
+    trainer.signatures.RATING_RANGE, more than MAX_HISTORY entries."""
+    import time
 
+    import numpy as np
+
+    from pipeline.errors import UserError
     from trainer import signatures as S
 
-    out = model.signatures[S.RECOMMEND_AT](**{
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    if len(entries) > S.MAX_HISTORY:
+        raise UserError(f"--rated: at most {S.MAX_HISTORY} ratings, got {len(entries)}")
+    known = set(ids)
+    movies, ratings = [], []
+    low, high = S.RATING_RANGE
+    for entry in entries:
+        movie, sep, value = entry.rpartition(":")
+        try:
+            rating = float(value)
+        except ValueError:
+            rating = None
+        if not sep or not movie or rating is None:
+            raise UserError(f"--rated: {entry!r} is not movie:rating (e.g. 50:5)")
+        if movie not in known:
+            raise UserError(f"--rated: movie {movie!r} is not in the model's catalog")
+        if not low <= rating <= high:
+            raise UserError(f"--rated: rating {value} of movie {movie!r} is outside "
+                            f"{low:g}..{high:g}")
+        movies.append(movie)
+        ratings.append(rating)
+    now = int(time.time())
+    stamps = [now - len(movies) + i for i in range(len(movies))]
+    return {S.HISTORY_MOVIE_IDS: np.array([movies], dtype=object).reshape(1, -1),
+            S.HISTORY_RATINGS: np.array([ratings], dtype=np.float32).reshape(1, -1),
+            S.HISTORY_TIMESTAMPS: np.array([stamps], dtype=np.int64).reshape(1, -1)}
+
+
+def _recommendations(model, user: str, k: int, history: dict | None = None):
+    import tensorflow as tf
+
+    from trainer import saved_model
+    from trainer import signatures as S
+
+    out = saved_model.call(model, S.RECOMMEND_AT, **{
         S.USER_ID: tf.constant([user]), S.TIMESTAMP: tf.constant([0], tf.int64),
-        S.K: tf.constant([k], tf.int64)})
+        S.K: tf.constant([k], tf.int64), **(history or {}),
+        S.EXCLUDE_RATED: tf.constant([True])})  # as `recommend`: not what they rated
     ids = [v.decode("utf-8") for v in out[S.MOVIE_IDS].numpy()[0]]
     titles = [v.decode("utf-8") for v in out[S.MOVIE_TITLES].numpy()[0]]
     scores = [float(s) for s in out[S.SCORES].numpy()[0]]
@@ -123,7 +169,12 @@ def cmd_recommend(args) -> int:
     if not 1 <= args.k <= MAX_K:
         raise UserError(f"-k must be 1..{MAX_K}, got {args.k}")
     model, model_dir = _load(args.model)
-    ids, titles, scores, known = _recommendations(model, args.user, args.k)
+    history = None
+    if args.rated:
+        from serving.model import movie_catalog
+
+        history = parse_rated(args.rated, movie_catalog(model)[0])
+    ids, titles, scores, known = _recommendations(model, args.user, args.k, history)
     if args.json:
         print(json.dumps({
             "user_id": args.user, "known_user": known, "model": model_dir,
@@ -135,9 +186,9 @@ def cmd_recommend(args) -> int:
     if known:
         print(f"top {len(ids)} movies for user {args.user} (model {model_dir}):")
     else:
-        print(f"user {args.user} is unknown to the model: showing the {len(ids)} most "
-              f"popular movies instead (score = share of training ratings) "
-              f"(model {model_dir}):")
+        given = "the ratings given (--rated)" if history else "no history (see --rated)"
+        print(f"user {args.user} is unknown to the model: top {len(ids)} movies from "
+              f"{given} (model {model_dir}):")
     id_width = max([len("movie")] + [len(m) for m in ids])
     print(f"{'rank':>4}  {'movie':>{id_width}}  {'score':>8}  title")
     for i, (m, t, s) in enumerate(zip(ids, titles, scores)):
@@ -173,6 +224,7 @@ def resolve_movie(query: str, ids: list[str], titles: list[str]) -> tuple[str, s
 def cmd_rate(args) -> int:
     import tensorflow as tf
 
+    from trainer import saved_model
     from trainer import signatures as S
 
     from pipeline.errors import UserError
@@ -190,9 +242,10 @@ def cmd_rate(args) -> int:
     elif args.at:
         raise UserError(f"{model_dir}: its rate signature takes no timestamp (exported "
                         f"before rate had one): --at needs a newer model")
-    out = model.signatures[S.RATE](**inputs)
+    history = parse_rated(args.rated, ids) if args.rated else None
+    out = saved_model.call(model, S.RATE, **inputs, **(history or {}))
     rating = float(out[S.RATING].numpy()[0])
-    *_, known_user = _recommendations(model, args.user, 1)
+    *_, known_user = _recommendations(model, args.user, 1, history)
     if args.json:
         print(json.dumps({"user_id": args.user, "movie_id": movie_id, "title": title,
                           "rating": round(rating, 4), "known_user": known_user,
@@ -200,6 +253,6 @@ def cmd_rate(args) -> int:
         return 0
     print(f"user {args.user} would rate {title} (movie {movie_id}): {rating:.2f} / 5")
     if not known_user:
-        print(f"note: user {args.user} is unknown to the model; the prediction uses no "
-              f"knowledge of this user")
+        print(f"note: user {args.user} is unknown to the model; the prediction uses "
+              f"{'the ratings given (--rated)' if history else 'no knowledge of this user'}")
     return 0

@@ -186,7 +186,10 @@ class Signature:
         # inputs a request may leave out (trainer.signatures.OPTIONAL_INPUTS), by value
         self.optional = {n: v for n, v in S.OPTIONAL_INPUTS.get(name, {}).items()
                          if n in self.inputs}
-        self._single_input = next(iter(self.inputs)) if len(self.inputs) == 1 else None
+        # the one input a request must give (the others optional): instances may be its
+        # plain values
+        required = [n for n in self.inputs if n not in self.optional]
+        self._single_input = required[0] if len(required) == 1 else None
         self._single_output = next(iter(self.outputs)) if len(self.outputs) == 1 else None
         self._takes_examples = (self._single_input == S.EXAMPLES
                                 and self.inputs[S.EXAMPLES].dtype == tf.string)
@@ -250,11 +253,14 @@ class Signature:
                     columns[n].append(self._example_value(
                         instance[n] if n in instance else self.optional[n], where))
             elif self._single_input is not None:
-                columns[self._single_input].append(self._example_value(instance, where))
+                for n in names:
+                    columns[n].append(self._example_value(instance, where)
+                                      if n == self._single_input else self.optional[n])
             else:
                 raise RequestError(f"{where}: signature {self.name!r} has several inputs "
                                    f"({', '.join(names)}): each instance must be an object "
                                    f"naming them")
+        _pad_histories(columns, self.inputs)
         feeds = {}
         for n in names:
             per_instance = _shape_of(columns[n][0], f"instances[0].{n}")
@@ -299,16 +305,23 @@ class Signature:
                                    f"inputs: input {n!r}")
         return feeds
 
-    def feeds(self, request: dict) -> tuple[dict, bool]:
+    def feeds(self, request: dict, catalog=None) -> tuple[dict, bool]:
         """Numpy inputs ([batch, ...] each) for a parsed request body, and whether it is in
-        row format."""
+        row format. A request's history is checked (check_history) against `catalog`
+        (the model's movie ids) when given."""
         has_rows, has_cols = "instances" in request, "inputs" in request
         if has_rows == has_cols:
             raise RequestError("the request must have exactly one of 'instances' (row "
                                "format) and 'inputs' (columnar format)")
         if has_rows:
-            return self._row_feeds(request["instances"]), True
-        return self._columnar_feeds(request["inputs"]), False
+            feeds, rows = self._row_feeds(request["instances"]), True
+        else:
+            if isinstance(request["inputs"], dict):
+                _pad_histories({n: v for n, v in request["inputs"].items()}, self.inputs,
+                               columnar=request["inputs"])
+            feeds, rows = self._columnar_feeds(request["inputs"]), False
+        check_history(feeds, catalog)
+        return feeds, rows
 
     # ------------------------------------------------------------------------ the call
     def batch_key(self, feeds: dict):
@@ -389,6 +402,62 @@ class Signature:
             pass
 
 
+def _pad_histories(columns: dict, inputs: dict, columnar: dict | None = None) -> None:
+    """Pads ragged history lists (one per instance, S.HISTORY_INPUTS) to the longest with
+    "" / 0, in place (in `columnar`, the request's inputs, for the columnar format); an
+    instance's three lists must have one length, at most S.MAX_HISTORY."""
+    names = [n for n in S.HISTORY_INPUTS if n in inputs and n in columns]
+    if not names:
+        return
+    rows = {n: columns[n] for n in names}
+    if not all(isinstance(v, list) and all(isinstance(r, list) for r in v)
+               for v in rows.values()):
+        return  # not lists of lists: the shape check says what is wrong
+    count = {len(v) for v in rows.values()}
+    if len(count) > 1:
+        raise RequestError(f"history inputs have different batch sizes: {sorted(count)}")
+    for i in range(count.pop()):
+        lengths = {n: len(rows[n][i]) for n in names}
+        if len(set(lengths.values())) > 1:
+            shown = ", ".join(f"{n} {k}" for n, k in lengths.items())
+            raise RequestError(f"instance {i}: the history lists differ in length ({shown})")
+        if max(lengths.values()) > S.MAX_HISTORY:
+            raise RequestError(f"instance {i}: {names[0]} has {max(lengths.values())} "
+                               f"entries, at most {S.MAX_HISTORY}")
+    width = max((len(r) for v in rows.values() for r in v), default=0)
+    for n in names:
+        pad = "" if n == S.HISTORY_MOVIE_IDS else 0
+        padded = [list(r) + [pad] * (width - len(r)) for r in rows[n]]
+        if columnar is not None:
+            columnar[n] = padded
+        else:
+            columns[n] = padded
+
+
+def check_history(feeds: dict, catalog=None) -> None:
+    """400s for a bad request history: ratings outside S.RATING_RANGE (padding aside) and,
+    given `catalog` (a set of movie ids), movies the model does not know."""
+    if S.HISTORY_MOVIE_IDS not in feeds:
+        return
+    ids = feeds[S.HISTORY_MOVIE_IDS]
+    given = np.vectorize(lambda v: v not in (b"", ""), otypes=[bool])(ids) \
+        if ids.size else np.zeros(ids.shape, bool)
+    ratings = feeds.get(S.HISTORY_RATINGS)
+    if ratings is not None and ratings.shape == ids.shape:
+        low, high = S.RATING_RANGE
+        bad = given & ((ratings < low) | (ratings > high) | ~np.isfinite(ratings))
+        if bad.any():
+            i, j = map(int, np.argwhere(bad)[0])
+            raise RequestError(f"{S.HISTORY_RATINGS}[{i}][{j}]: rating {ratings[i, j]:g} "
+                               f"outside {low:g}..{high:g}")
+    if catalog is not None and ids.size:
+        for (i, j), movie in np.ndenumerate(ids):
+            if given[i, j] and movie not in catalog:
+                shown = movie.decode() if isinstance(movie, bytes) else movie
+                raise RequestError(f"{S.HISTORY_MOVIE_IDS}[{i}][{j}]: unknown movie "
+                                   f"{shown!r}")
+
+
 def _shape_str(shape: tf.TensorShape) -> str:
     return "[" + ", ".join("-1" if d is None else str(d) for d in shape.as_list()) + "]"
 
@@ -451,6 +520,9 @@ class ServedModel:
         self.path = path
         self.module = module  # keeps the functions' resources alive
         self.signatures = signatures
+        ids = getattr(module, S.MOVIE_IDS, None)  # a history's movies are checked against it
+        self.catalog = (set(np.asarray(ids.numpy()).ravel().tolist()) if ids is not None
+                        else None)
 
     @classmethod
     def load(cls, path: str, version: int, warm_up: bool = True) -> "ServedModel":

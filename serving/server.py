@@ -344,7 +344,7 @@ def create_app(manager: VersionManager, threads: int = 1):
         if signature is None:
             raise RequestError(f"unknown signature {name!r} (signatures: "
                                f"{', '.join(sorted(model.signatures))})")
-        feeds, row_format = signature.feeds(payload)
+        feeds, row_format = signature.feeds(payload, model.catalog)
         batcher = batchers.get(model)
         if batcher is None:
             batcher = batchers[model] = Batcher(pool, threads)

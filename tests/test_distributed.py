@@ -20,6 +20,7 @@ import tensorflow as tf
 from conftest import SMALL_HPARAMS
 from test_model import _batch, _vocab  # the model tests' tiny vocabulary and batch
 
+from trainer import saved_model
 from trainer import distribution, evaluation, saved_model
 from trainer import features as F
 from trainer.model import HParams, MovieRecModel
@@ -127,7 +128,7 @@ def test_mirrored_over_two_cpu_devices(example_files, transform_dir, tmp_path,
     for mirrored, single in zip(summary["history"]["rmse"], single_summary["history"]["rmse"]):
         assert abs(mirrored - single) < 0.05
     model = saved_model.load(str(tmp_path / "model"))
-    out = model.signatures["recommend"](user_id=tf.constant(["1", "nobody"]))
+    out = saved_model.call(model, "recommend", user_id=tf.constant(["1", "nobody"]))
     assert out["known_user"].numpy().tolist() == [True, False]
     _assert_close_to_single_device(_metrics(tmp_path / "model", example_files),
                                    single_metrics)

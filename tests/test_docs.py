@@ -24,6 +24,9 @@ def _signature_table() -> dict:
             continue
         name = cells[0].strip("`")
         inputs, outputs = (set(re.findall(r"`([a-z_]+)`", c)) for c in cells[1:])
+        if "+ context" in cells[1]:  # the context inputs, listed under the table
+            inputs |= set(S.CONTEXT_INPUTS)
+            assert all(f"`{n}`" in section for n in S.CONTEXT_INPUTS)
         rows[name] = (inputs, outputs)
     return rows
 

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from trainer import saved_model
+
 from pipeline import cli
 from test_report import Page  # the report page parser
 
@@ -109,8 +111,7 @@ def recomputed(runs, examples):
                   for k, v in tf.io.parse_example(batch, spec).items()}
         predicted = model.signatures["serving_default"](examples=batch)["rating"].numpy()
         errors.append(predicted.reshape(-1).astype(np.float64) - parsed["rating"])
-        scores = model.signatures["score_catalog"](
-            user_id=tf.constant(parsed["user_id"]),
+        scores = saved_model.call(model, "score_catalog", user_id=tf.constant(parsed["user_id"]),
             timestamp=tf.constant(parsed["timestamp"]))["scores"].numpy()
         assert scores.shape == (len(parsed["movie_id"]), len(catalog))
         for row, movie in zip(scores, parsed["movie_id"]):

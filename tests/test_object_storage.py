@@ -178,6 +178,8 @@ def test_serve_answers_from_the_bucket_and_picks_up_a_new_version(first_run, s3,
                                                                   tmp_path, monkeypatch):
     import tensorflow as tf
 
+from trainer import saved_model
+
     from test_serving import Server
 
     version = _pushed_version(s3)
@@ -195,8 +197,8 @@ def test_serve_answers_from_the_bucket_and_picks_up_a_new_version(first_run, s3,
 
         # the same SavedModel, copied out of the bucket by boto3, answers the same
         local = s3.download(f"{SERVING}/{version}", tmp_path / "copy")
-        expected = tf.saved_model.load(str(local)).signatures["recommend"](
-            user_id=tf.constant(["1"]))
+        expected = saved_model.call(tf.saved_model.load(str(local)), "recommend",
+                                    user_id=tf.constant(["1"]))
         assert served == [m.decode() for m in expected["movie_ids"].numpy()[0][:len(served)]]
 
         cli = movierec(s3, "recommend", "--model", SERVING, "--user", "1", "--json")

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from trainer import saved_model
+
 from components.movielens_example_gen import synth
 from pipeline import cli
 from conftest import progress_states, serving_snapshot
@@ -62,7 +64,7 @@ def test_pushed_model_answers_both_signatures(first_run, ml100k_dir):
     path = out / "serving" / "movierec" / _versions(out)[0]
     model = tf.saved_model.load(str(path))
     assert {"serving_default", "recommend", "recommend_at", "rate"} <= set(model.signatures)
-    rec = model.signatures["recommend"](user_id=tf.constant(["1", "unknown-user"]))
+    rec = saved_model.call(model, "recommend", user_id=tf.constant(["1", "unknown-user"]))
     assert rec["movie_ids"].shape == (2, 10)
     assert rec["known_user"].numpy().tolist() == [True, False]
     examples = sorted((out / "pipeline" / "MovieLensExampleGen" / "examples").glob(

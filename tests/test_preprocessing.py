@@ -73,7 +73,8 @@ def test_serving_inputs_unknown_values_and_the_future(tft_output):
         F.TIMESTAMP: tf.constant([4_000_000_000], tf.int64),
     }))
     assert set(out) == {F.USER_ID_XF, F.TIMESTAMP_BUCKET_XF, F.TIMESTAMP_Z_XF,
-                        F.TIMESTAMP_S_XF}
+                        F.TIMESTAMP_S_XF, F.TIMESTAMP_XF}
+    assert out[F.TIMESTAMP_XF].numpy().reshape(-1).tolist() == [4_000_000_000]  # unclipped
     assert out[F.USER_ID_XF].numpy()[0] == users  # the out-of-vocabulary bucket
     # clamped to the newest training time: finite, in the last buckets
     assert np.isfinite(out[F.TIMESTAMP_Z_XF].numpy()[0])

@@ -21,6 +21,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline import cli
+from trainer import saved_model
 from trainer import features as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -167,7 +168,7 @@ def test_status_and_metadata(server):
 # ------------------------------------------------------------------- the two signatures
 def test_recommend_row_and_columnar(server, loaded):
     user = KNOWN_USER
-    expected = loaded.signatures["recommend"](user_id=tf.constant([user, "nobody"]))
+    expected = saved_model.call(loaded, "recommend", user_id=tf.constant([user, "nobody"]))
     ids = [[m.decode() for m in row] for row in expected["movie_ids"].numpy()]
 
     status, body = server.predict({"signature_name": "recommend",
@@ -204,7 +205,7 @@ def test_recommend_at_and_rate(server, loaded):
         "user_id": [user, user], "movie_id": ["1", "no-such-movie"]}})
     assert status == 200
     assert body["outputs"]["known_movie"] == [True, False]
-    expected = loaded.signatures["rate"](user_id=tf.constant([user]),
+    expected = saved_model.call(loaded, "rate", user_id=tf.constant([user]),
                                          movie_id=tf.constant(["1"]),
                                          timestamp=tf.constant([0], tf.int64))
     assert body["outputs"]["rating"][0] == pytest.approx(
@@ -212,8 +213,7 @@ def test_recommend_at_and_rate(server, loaded):
 
     # a timestamp, in either format, is the model's answer at that time
     then = 880_000_000
-    at_then = float(loaded.signatures["rate"](
-        user_id=tf.constant([user]), movie_id=tf.constant(["1"]),
+    at_then = float(saved_model.call(loaded, "rate", user_id=tf.constant([user]), movie_id=tf.constant(["1"]),
         timestamp=tf.constant([then], tf.int64))["rating"].numpy()[0])
     status, rows = server.predict({"signature_name": "rate", "instances": [
         {"user_id": user, "movie_id": "1", "timestamp": then},
@@ -260,7 +260,7 @@ def test_concurrent_requests_are_batched_without_mixing_errors(server, loaded,
     """Requests that wait together run as one batch; a bad one must not fail the others
     and every answer must be its own."""
     users = [str(u) for u in range(1, 25)]
-    expected = loaded.signatures["recommend"](user_id=tf.constant(users))
+    expected = saved_model.call(loaded, "recommend", user_id=tf.constant(users))
     ids = [[m.decode() for m in row] for row in expected["movie_ids"].numpy()]
     good = {"b64": base64.b64encode(_examples(example_files, 1)[0]).decode()}
     results = {}
@@ -425,7 +425,7 @@ def test_recommend_command(capsys, tmp_path, model_dir, loaded, cached_loads):
     assert rc == 0, err
     assert "version 2" in err and "using" in err  # the newest version that loads
     answer = json.loads(out)
-    expected = loaded.signatures["recommend"](user_id=tf.constant(["1"]))
+    expected = saved_model.call(loaded, "recommend", user_id=tf.constant(["1"]))
     assert answer["known_user"] is True and answer["user_id"] == "1"
     assert answer["model"] == str(base / "1")
     assert [r["movie_id"] for r in answer["recommendations"]] == [
@@ -436,7 +436,7 @@ def test_recommend_command(capsys, tmp_path, model_dir, loaded, cached_loads):
     assert len(out.strip().splitlines()) == 12  # heading, column names, 10 rows
 
     rc, out, _ = _cli(capsys, "recommend", "--model", str(model_dir), "--user", "stranger")
-    assert rc == 0 and "unknown to the model" in out and "most popular" in out
+    assert rc == 0 and "unknown to the model" in out and "no history (see --rated)" in out
 
     rc, _, err = _cli(capsys, "recommend", "--model", str(model_dir), "--user", "1",
                       "-k", "101")
@@ -446,8 +446,7 @@ def test_recommend_command(capsys, tmp_path, model_dir, loaded, cached_loads):
 def test_rate_command(capsys, model_dir, synth_data, loaded, cached_loads):
     model = str(model_dir)
     movie = synth_data.movies[16]  # id "17", title "<words> 17 (<year>)"
-    expected = float(loaded.signatures["rate"](
-        user_id=tf.constant(["1"]), movie_id=tf.constant([movie.movie_id]),
+    expected = float(saved_model.call(loaded, "rate", user_id=tf.constant(["1"]), movie_id=tf.constant([movie.movie_id]),
         timestamp=tf.constant([0], tf.int64))["rating"][0])
 
     for query in (movie.movie_id, movie.title.upper(), f" {movie.movie_id} ("):
@@ -463,8 +462,7 @@ def test_rate_command(capsys, model_dir, synth_data, loaded, cached_loads):
     assert rc == 0 and f"{movie.title} (movie {movie.movie_id}): {expected:.2f}" in out
 
     then = 880_000_000
-    at_then = float(loaded.signatures["rate"](
-        user_id=tf.constant(["1"]), movie_id=tf.constant([movie.movie_id]),
+    at_then = float(saved_model.call(loaded, "rate", user_id=tf.constant(["1"]), movie_id=tf.constant([movie.movie_id]),
         timestamp=tf.constant([then], tf.int64))["rating"][0])
     rc, out, err = _cli(capsys, "rate", "--model", model, "--user", "1", "--movie",
                         movie.movie_id, "--at", str(then), "--json")

@@ -100,47 +100,62 @@ def test_stored_history_reads_each_keys_rows():
     assert H.TIMES not in H.StoredHistory(movies, centred)(tf.constant([0]))
 
 
-def test_history_block_pools_the_stored_history_through_its_layers():
-    hp = HParams(history_len=3, **SMALL)
+def test_history_block_pools_the_inputs_history_through_its_layers():
+    hp = HParams(history_len=3, recency_taus=(5.0,), **SMALL)
     vocab = _vocab()
     tables = H.user_history(np.array([3, 3, 3]), np.array([5, 9, 2]),
-                            np.array([10.0, 20.0, 30.0]), np.array([1.0, 5.0, 3.0]),
+                            np.array([10, 20, 30]), np.array([1.0, 5.0, 3.0]),
                             vocab.sizes[F.USER_ID_XF], hp.history_len)
-    tower = query_tower(vocab, hp, history=tables)
+    tower = query_tower(vocab, hp)
     batch = {k: v[:1] for k, v in _batch(n=1).items()}
     batch[F.USER_ID_XF] = tf.constant([3])
     batch[F.MOVIE_ID_XF] = tf.constant([9])  # hidden from its own history
-    batch[F.TIMESTAMP_S_XF] = tf.constant([25.0])
+    batch[F.TIMESTAMP_XF] = tf.constant([25], tf.int64)
+    batch[F.HISTORY_IDS_XF] = tf.constant(tables[0][[3]])
+    batch[F.HISTORY_TIMES_XF] = tf.constant(tables[1][[3]])
+    batch[F.HISTORY_RATINGS_XF] = tf.constant(tables[2][[3]])
     tower(batch)
     block = tower.context[0]
     parts = block(batch)
-    assert len(parts) == 3  # mean, rating-weighted, session
+    assert len(parts) == 5  # mean, rating-weighted, recency, session, statistics
     ids = tf.constant(tables[0][[3]])
     keep = tf.constant(tables[0][[3]] != 0) & tf.not_equal(ids, 10)
     np.testing.assert_allclose(parts[0], block.mean(ids, keep=keep), rtol=1e-6)
     np.testing.assert_allclose(
         parts[1], block.rated(ids, ratings=tf.constant(tables[2][[3]]), keep=keep), rtol=1e-6)
+    np.testing.assert_allclose(parts[2], block.recent[0](ids, keep=keep), rtol=1e-6)
     np.testing.assert_allclose(
-        parts[2], block.session(ids, times=tf.constant(tables[1][[3]]),
-                                now=tf.constant([25.0]), keep=keep), rtol=1e-6)
-    no_time = {k: v for k, v in batch.items() if k != F.TIMESTAMP_S_XF}
-    assert len(block(no_time)) == 2  # no time, no session
+        parts[3], block.session(ids, times=tf.constant(tables[1][[3]]),
+                                now=tf.constant([25], tf.int64), keep=keep), rtol=1e-6)
+    # two movies kept (the third is the example's own): log(1 + 2), centred sum / (2 + 5)
+    centred = tables[2][3][tables[0][3] != 10].sum()
+    np.testing.assert_allclose(parts[4], [[np.log(3.0), centred / 7.0]], rtol=1e-6)
+    no_time = {k: v for k, v in batch.items() if k != F.TIMESTAMP_XF}
+    assert len(block(no_time)) == 4  # no time, no session
+    empty = {k: v for k, v in batch.items() if k not in F.HISTORY_XF}
+    np.testing.assert_allclose(block(empty)[-1], [[0.0, 0.0]])  # no history: empty
     off = query_tower(vocab, HParams(history_len=3, history_ratings=False, session_tau=0.0,
-                                     **SMALL), history=tables)
+                                     recency_taus=(), **SMALL))
     off(batch)
-    assert len(off.context[0](batch)) == 1
+    assert len(off.context[0](batch)) == 2
 
 
-def test_every_vocabulary_table_is_tagged_where_it_is_made():
-    hp = HParams(rater_history_len=2, **SMALL)
+@pytest.mark.parametrize("head", ["history", "separate"])
+def test_every_vocabulary_table_is_tagged_where_it_is_made(head):
+    hp = HParams(rater_history_len=2, rating_tower=head, **SMALL)
     model = MovieRecModel(_vocab(), hp)
     model(_batch(n=4))
     tags = {}
     for layer in model.submodules:
         if isinstance(layer, tf.keras.layers.Embedding):
             tags.setdefault(layer.name, set()).add(getattr(layer, "tag", None))
-    assert tags["history_embedding"] == tags["rated_embedding"] \
+    assert tags["history_embedding"] == tags["rated_embedding"] == tags["recent_0_embedding"] \
         == tags["session_embedding"] == tags["movie_bias"] == {F.MOVIE_ID_XF}
+    if head == "history":  # trainer/asymmetric.py's tables
+        assert tags["movie_factor"] == tags["history_rated_factor"] \
+            == tags["history_seen_factor"] == {F.MOVIE_ID_XF}
+        assert tags["user_factor"] == {F.USER_ID_XF}
+        return
     assert tags["rater_embedding"] == tags["user_bias"] == {F.USER_ID_XF}
     for key in F.VOCABS:
         assert tags[f"{key}_embedding"] == {key}
@@ -159,5 +174,4 @@ def test_every_vocabulary_table_is_tagged_where_it_is_made():
 def test_candidate_tower_without_raters_has_no_context():
     hp = HParams(rater_history_len=2, **SMALL)
     assert not candidate_tower(_vocab(), hp).context
-    assert not query_tower(_vocab(), HParams(history_len=0, **SMALL),
-                           history=H.user_history([], [], [], [], 20, 1)).context
+    assert not query_tower(_vocab(), HParams(history_len=0, **SMALL)).context

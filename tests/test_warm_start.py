@@ -12,8 +12,8 @@ from trainer.warm_start import row_map
 
 
 def _answers(model, users, movies):
-    rec = model.signatures["recommend"](user_id=tf.constant(users))
-    rate = model.signatures["rate"](user_id=tf.constant(users), movie_id=tf.constant(movies),
+    rec = saved_model.call(model, "recommend", user_id=tf.constant(users))
+    rate = saved_model.call(model, "rate", user_id=tf.constant(users), movie_id=tf.constant(movies),
                                     timestamp=tf.zeros([len(users)], tf.int64))
     return rec["movie_ids"].numpy(), rate["rating"].numpy()
 

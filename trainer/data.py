@@ -85,10 +85,16 @@ class Ratings:
     is ~40 bytes per rating instead of ~250 (title tokens and genres repeated per rating).
 
     `ratings[key]` is a per-rating column; `dataset()` yields batches with every feature
-    the model reads, looked up per batch."""
+    the model reads, looked up per batch. With a `history` (trainer/history.py's
+    CausalHistory of the training ratings, `with_history`), each example also gets its
+    user's history before its time (F.HISTORY_XF), built per batch."""
 
-    def __init__(self, rows: dict, movies: dict, users: dict):
+    def __init__(self, rows: dict, movies: dict, users: dict, history=None):
         self.rows, self.movies, self.users = rows, movies, users
+        self.history = history
+
+    def with_history(self, history) -> "Ratings":
+        return Ratings(self.rows, self.movies, self.users, history)
 
     def __len__(self) -> int:
         return len(self.rows[F.RATING_XF])
@@ -97,14 +103,19 @@ class Ratings:
         return self.rows[key]
 
     def take(self, indices) -> "Ratings":
-        return Ratings({k: v[indices] for k, v in self.rows.items()}, self.movies, self.users)
+        return Ratings({k: v[indices] for k, v in self.rows.items()}, self.movies, self.users,
+                       self.history)
 
     def dataset(self, batch_size: int, shuffle: bool = False, seed: int = 0):
         """Batches of every feature. With `shuffle`, each pass (each iterator: each Keras
         epoch) follows a new seeded permutation of all ratings: a full shuffle whose only
         buffer is one index array."""
         n = len(self)
-        rows = {k: tf.constant(v) for k, v in self.rows.items()}
+        columns = dict(self.rows)
+        if self.history is not None:
+            columns["_start"], columns["_end"] = self.history.slices(
+                self.rows[F.USER_ID_XF], self.rows[F.TIMESTAMP_XF])
+        rows = {k: tf.constant(v) for k, v in columns.items()}
         tables = [(F.MOVIE_ID_XF, {k: tf.constant(v) for k, v in self.movies.items()}),
                   (F.USER_ID_XF, {k: tf.constant(v) for k, v in self.users.items()})]
 
@@ -113,6 +124,8 @@ class Ratings:
             for id_key, table in tables:
                 for key, values in table.items():
                     batch[key] = tf.gather(values, batch[id_key])
+            if self.history is not None:
+                batch.update(self.history.batch(batch.pop("_start"), batch.pop("_end")))
             return batch
 
         if shuffle:

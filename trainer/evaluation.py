@@ -77,7 +77,8 @@ class _Ranker:
 
     def scores(self, users, timestamps):
         return self._score(**{S.USER_ID: tf.constant(users),
-                              S.TIMESTAMP: tf.constant(timestamps, tf.int64)})[S.SCORES].numpy()
+                              S.TIMESTAMP: tf.constant(timestamps, tf.int64),
+                              **context_inputs(len(users))})[S.SCORES].numpy()
 
     def columns(self, movies):
         return np.array([self._column.get(m, -1) for m in movies])
@@ -169,20 +170,90 @@ def example_ratings(batches, keep_examples: bool = False):
                              joined[F.RATING], joined[F.TIMESTAMP]), examples
 
 
+def history_inputs(batch: replay.Requests, limit: int = S.MAX_HISTORY) -> dict:
+    """The signatures' history inputs of replay requests: each request's history (its
+    user's ratings before its time), the newest `limit`, newest first, [batch, L] padded
+    with "" / 0."""
+    lengths = np.minimum(batch.history_length, limit)
+    width = int(lengths.max()) if len(lengths) else 0
+    ids = np.full((len(batch), width), "", dtype=object)
+    ratings = np.zeros((len(batch), width), dtype=np.float32)
+    stamps = np.zeros((len(batch), width), dtype=np.int64)
+    known = batch.known
+    for i in range(len(batch)):
+        end = int(batch.end[i])
+        at = np.arange(end - 1, end - 1 - lengths[i], -1)
+        ids[i, :lengths[i]] = [m.decode() if isinstance(m, bytes) else str(m)
+                               for m in known.movie[at]]
+        ratings[i, :lengths[i]] = known.rating[at]
+        stamps[i, :lengths[i]] = known.timestamp[at]
+    return {S.HISTORY_MOVIE_IDS: ids, S.HISTORY_RATINGS: ratings, S.HISTORY_TIMESTAMPS: stamps}
+
+
+_DEMOGRAPHICS = F.raw_feature_spec(F.USER_SIDE_FEATURES)
+
+
+def demographic_inputs(examples) -> dict:
+    """The signatures' demographic inputs, from serialized rating examples."""
+    parsed = tf.io.parse_example(tf.constant(examples), _DEMOGRAPHICS)
+    return {k: v.numpy().reshape(-1) for k, v in parsed.items()}
+
+
+def no_demographics(size: int) -> dict:
+    return {f.name: np.zeros(size, np.int64) if f.dtype != tf.string
+            else np.full(size, b"", dtype=object) for f in F.USER_SIDE_FEATURES}
+
+
+def context_inputs(size: int, history: dict | None = None,
+                   demographics: dict | None = None) -> dict:
+    """Every context input of the signatures (trainer/signatures.py's CONTEXT_INPUTS) as
+    tensors for `size` requests: the given history (history_inputs' arrays) and
+    demographics, none where not given."""
+    if history is None:
+        history = {S.HISTORY_MOVIE_IDS: np.full((size, 0), "", dtype=object),
+                   S.HISTORY_RATINGS: np.zeros((size, 0), np.float32),
+                   S.HISTORY_TIMESTAMPS: np.zeros((size, 0), np.int64)}
+    values = {**history, **(demographics if demographics is not None
+                            else no_demographics(size))}
+    dtypes = {S.HISTORY_RATINGS: tf.float32, S.HISTORY_TIMESTAMPS: tf.int64,
+              F.USER_AGE: tf.int64}
+    return {k: tf.constant(v, dtypes.get(k, tf.string)) for k, v in values.items()}
+
+
+def with_history(example: bytes, history: dict, row: int) -> bytes:
+    """A serialized rating example with request row `row` of `history` (history_inputs)
+    as its F.HISTORY_FEATURES."""
+    parsed = tf.train.Example.FromString(example)
+    feature = parsed.features.feature
+    ids = [m for m in history[S.HISTORY_MOVIE_IDS][row] if m != ""]
+    feature[S.HISTORY_MOVIE_IDS].bytes_list.value[:] = [str(m).encode() for m in ids]
+    feature[S.HISTORY_RATINGS].float_list.value[:] = history[S.HISTORY_RATINGS][row][:len(ids)]
+    feature[S.HISTORY_TIMESTAMPS].int64_list.value[:] = \
+        history[S.HISTORY_TIMESTAMPS][row][:len(ids)]
+    return parsed.SerializeToString()
+
+
 def replay_scorer(model, examples_of=None) -> replay.Scorer:
-    """A replay.Scorer of an exported model: the ranking from `score_catalog` (the user
-    and the request's time; the model's columns are the requests' catalog), the rating
-    from `serving_default` on `examples_of(batch)`, the batch's serialized rating examples
-    (None: no rating)."""
+    """A replay.Scorer of an exported model: the ranking from `score_catalog` (the user,
+    the request's time and its history; the model's columns are the requests' catalog),
+    the rating from `serving_default` on `examples_of(batch)`, the batch's serialized
+    rating examples, given the same history (None: no rating, and no demographics: the
+    examples carry the users' demographics)."""
     score = model.signatures[S.SCORE_CATALOG]
     rate = model.signatures[S.SERVING_DEFAULT]
 
     def scorer(batch: replay.Requests):
-        scores = score(**{S.USER_ID: tf.constant(batch.user),
-                          S.TIMESTAMP: tf.constant(batch.timestamp, tf.int64)})[S.SCORES]
+        history = history_inputs(batch)
+        examples = examples_of(batch) if examples_of is not None else None
+        people = demographic_inputs(examples) if examples else no_demographics(len(batch))
+        inputs = {S.USER_ID: tf.constant(batch.user),
+                  S.TIMESTAMP: tf.constant(batch.timestamp, tf.int64),
+                  **context_inputs(len(batch), history, people)}
+        scores = score(**inputs)[S.SCORES]
         predicted = None
-        if examples_of is not None:
-            predicted = rate(**{S.EXAMPLES: tf.constant(examples_of(batch))})[S.RATING]
+        if examples is not None:
+            given = [with_history(e, history, i) for i, e in enumerate(examples)]
+            predicted = rate(**{S.EXAMPLES: tf.constant(given)})[S.RATING]
             predicted = predicted.numpy().reshape(-1)
         return scores.numpy(), predicted
 

@@ -3,18 +3,28 @@ layer and a brute-force index over the full catalog.
 
 Signatures (all take *raw* values; Transform runs inside):
   serving_default  examples: serialized tf.Example [batch]        -> rating [batch]
-  recommend        user_id: string [batch]                        -> top-10 at "now"
+  recommend        user_id: string [batch] + context              -> top-10 at "now"
   recommend_at     user_id [batch], timestamp int64 [batch] (<= 0 means now),
-                   k int64 [batch] (<= 0 means 10; the batch's largest k is used, at most MAX_K)
+                   k int64 [batch] (<= 0 means 10; the batch's largest k is used, at most
+                   MAX_K), exclude_rated bool [batch] + context
                    -> movie_ids, movie_titles, scores [batch, k], known_user [batch]
-  rate             user_id [batch], movie_id [batch]              -> rating [batch]
-  score_catalog    user_id [batch], timestamp [batch]  -> scores [batch, catalog] (evaluation;
-                   columns in the order of the module's `movie_ids`)
+  rate             user_id, movie_id, timestamp [batch] + context -> rating [batch]
+  score_catalog    user_id, timestamp [batch] + context  -> scores [batch, catalog]
+                   (evaluation; columns in the order of the module's `movie_ids`)
 
-`rate` and `serving_default` rate through the rating model, its residual neighbourhood
-included (the module's `residual_neighborhood`, the rating model's own layer).
-Users that were not in the training data get the most popular movies (scores are their
-training popularity share) and known_user=False; the signature never fails on them.
+The context (trainer/signatures.py's CONTEXT_INPUTS) is what the application knows of the
+user at request time: their ratings (history_movie_ids / history_ratings /
+history_timestamps, [batch, L], any L >= 0, "" padding the ids) and demographics
+(user_age / user_gender / user_occupation / user_zip, [batch]; 0 or "": not given).
+serving_default reads the same from its tf.Examples (F.HISTORY_FEATURES, optional). The
+towers read the union of the user's stored history before the request's time and the
+request's (trainer/history.py's HistoryMerge; the request wins for a movie in both), so a
+user the model never saw is answered from their history and demographics
+(known_user=False). `recommend` leaves out the movies of the merged history;
+`recommend_at` does where exclude_rated is true.
+
+`rate` and `serving_default` rate through the rating model (the residual neighbourhood
+included when it is on: the module's `residual_neighborhood`, the rating model's layer).
 The training object (with its loss tasks) is not saved, only this module: TFRS's
 FactorizedTopK metric layer of the training model does not need to be restored to serve.
 Signature, input and output names are trainer/signatures.py's.
@@ -28,6 +38,7 @@ import tensorflow_recommenders as tfrs
 
 from trainer import features as F
 from trainer import signatures as S
+from trainer.history import HistoryMerge
 from trainer.signatures import DEFAULT_K, MAX_K
 
 INDEXES = ("brute_force", "scann")
@@ -62,6 +73,17 @@ def _string_matrix(rows, width):
     return out
 
 
+_CONTEXT_SPECS = [
+    tf.TensorSpec([None, None], tf.string, name=S.HISTORY_MOVIE_IDS),
+    tf.TensorSpec([None, None], tf.float32, name=S.HISTORY_RATINGS),
+    tf.TensorSpec([None, None], tf.int64, name=S.HISTORY_TIMESTAMPS),
+    tf.TensorSpec([None], tf.int64, name=F.USER_AGE),
+    tf.TensorSpec([None], tf.string, name=F.USER_GENDER),
+    tf.TensorSpec([None], tf.string, name=F.USER_OCCUPATION),
+    tf.TensorSpec([None], tf.string, name=F.USER_ZIP),
+]
+
+
 class MovieRecExport(tf.Module):
     def __init__(self, model, tft_layer, catalog: dict, users: dict, popularity: np.ndarray,
                  index: str = "brute_force"):
@@ -76,6 +98,11 @@ class MovieRecExport(tf.Module):
         # the rating's residual neighbourhood (trainer/neighborhood.py), owned by the rating
         # model and named here too: None when hp turns it off
         self.residual_neighborhood = model.rating_model.neighborhood
+        # the users' latest training ratings, merged with a request's (trainer/history.py)
+        self.stored_history = model.stored_history
+        history_len = model.hp.history_len
+        self.history_merge = HistoryMerge(history_len) if history_len else None
+        self._mean_rating = tf.constant(model.mean_rating, tf.float32)
 
         # --- the catalog ---
         n = len(catalog[F.MOVIE_ID])
@@ -92,18 +119,23 @@ class MovieRecExport(tf.Module):
                 tf.constant(ids), tf.range(n, dtype=tf.int64)), default_value=-1)
         movie_xf = self._transform(self._raw_movies(tf.range(n, dtype=tf.int64)))
         embeddings = self.candidate_tower(movie_xf, training=False)
-        self._top = min(MAX_K, n)  # tiny catalogs have fewer than MAX_K movies
+        # each catalog row's movie_id_xf, and the row of each movie_id_xf + 1 (a history
+        # id) that is a training movie's (-1: none; movies outside the vocabulary share
+        # the out-of-vocabulary id, so their rows are found by their raw ids instead)
+        row_xf = movie_xf[F.MOVIE_ID_XF].numpy().reshape(-1).astype(np.int64)
+        self._row_xf = tf.constant(row_xf)
+        trained = np.asarray(popularity) > 0
+        row_of = np.full(model.movie_vocab_size + 1, -1, dtype=np.int64)
+        row_of[row_xf[trained] + 1] = np.flatnonzero(trained)
+        self._row_of_history_id = tf.constant(row_of)
+        self._n = n
+        # enough candidates to fill k after leaving out a history of history_len movies
+        self._top = min(MAX_K + history_len, n)
+        self._k_max = min(MAX_K, n)  # tiny catalogs have fewer than MAX_K movies
         self.index_kind = index
         self.index = make_index(index, embeddings, np.arange(n), self._top)
         self.candidate_embeddings = tf.Variable(embeddings, trainable=False,
                                                 name="candidate_embeddings")
-
-        # --- popular movies, the answer for users never seen in training ---
-        popularity = np.asarray(popularity, dtype=np.float64)
-        order = np.argsort(-popularity, kind="stable")[:self._top]
-        share = popularity / max(popularity.sum(), 1.0)
-        self._popular_rows = tf.constant(order.astype(np.int64))
-        self._popular_scores = tf.constant(share[order].astype(np.float32))
 
         # --- users' side features, looked up by id so a request needs only the id ---
         self._user_columns = {
@@ -128,14 +160,21 @@ class MovieRecExport(tf.Module):
             F.MOVIE_YEAR: tf.gather(self._movie_years, rows),
         }
 
-    def _raw_query(self, user_id, timestamp):
+    def _raw_query(self, user_id, timestamp, demographics=None):
+        """The raw query features: the stored side features of a known user; where the
+        request gives a demographic (not 0 / ""), the request's."""
         row = self._user_row.lookup(user_id)
         safe = tf.maximum(row, 0)
         raw = {F.USER_ID: user_id, F.TIMESTAMP: timestamp}
         for f in F.USER_SIDE_FEATURES:
             value = tf.gather(self._user_columns[f.name], safe)
             empty = tf.zeros_like(value) if f.dtype != tf.string else tf.fill(tf.shape(value), "")
-            raw[f.name] = tf.where(row >= 0, value, empty)
+            value = tf.where(row >= 0, value, empty)
+            if demographics is not None:
+                given = demographics[f.name]
+                value = tf.where(tf.not_equal(given, tf.zeros_like(given) if f.dtype != tf.string
+                                              else tf.fill(tf.shape(given), "")), given, value)
+            raw[f.name] = value
         return raw, row >= 0
 
     @staticmethod
@@ -143,77 +182,148 @@ class MovieRecExport(tf.Module):
         now = tf.cast(tf.timestamp(), tf.int64)
         return tf.where(timestamp > 0, timestamp, tf.fill(tf.shape(timestamp), now))
 
-    def _query_embedding(self, user_id, timestamp):
-        raw, known = self._raw_query(user_id, timestamp)
-        return self.query_tower(self._transform(raw), training=False), known
+    def _request_history(self, movie_ids, ratings, timestamps):
+        """A request's history as the towers read it (movies not in the catalog, and ""
+        padding, left out), and the catalog rows it names ([batch, L], -1: none)."""
+        rows = self._movie_row.lookup(movie_ids)
+        named = rows >= 0
+        ids = tf.where(named, tf.gather(self._row_xf, tf.maximum(rows, 0)) + 1, 0)
+        return {F.HISTORY_IDS_XF: tf.cast(ids, tf.int32),
+                F.HISTORY_RATINGS_XF: tf.where(named, ratings - self._mean_rating, 0.0),
+                F.HISTORY_TIMES_XF: tf.where(named, timestamps, 0)}, rows
+
+    def _query_features(self, user_id, timestamp, context, movie=None):
+        """(transformed features of the query: the user, the time, the merged history;
+        whether the user is known; the catalog rows of the merged history [batch, L'])."""
+        raw, known = self._raw_query(user_id, timestamp, context)
+        if movie is not None:
+            raw.update(movie)
+        xf = dict(self._transform(raw))
+        asked, rows = self._request_history(context[S.HISTORY_MOVIE_IDS],
+                                            context[S.HISTORY_RATINGS],
+                                            context[S.HISTORY_TIMESTAMPS])
+        seen = rows
+        if self.history_merge is not None:
+            users = tf.reshape(xf[F.USER_ID_XF], [-1])
+            stored = self.stored_history(users)
+            stored = {F.HISTORY_IDS_XF: stored["ids"], F.HISTORY_RATINGS_XF: stored["ratings"],
+                      F.HISTORY_TIMES_XF: stored["times"]}
+            merged = self.history_merge(stored, timestamp, asked)
+            xf.update(merged)
+            stored_rows = tf.gather(self._row_of_history_id,
+                                    tf.cast(merged[F.HISTORY_IDS_XF], tf.int64))
+            seen = tf.concat([rows, stored_rows], axis=1)
+        return xf, known, seen
+
+    def _scores(self, user_id, timestamp, context):
+        xf, known, seen = self._query_features(user_id, timestamp, context)
+        return self.query_tower(xf, training=False), known, seen
+
+    def _seen_mask(self, seen):
+        """[batch, catalog] bool: the catalog rows in `seen` ([batch, L], -1: none)."""
+        batch = tf.shape(seen, out_type=tf.int64)[0]
+        rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(seen, out_type=tf.int64))
+        valid = seen >= 0
+        at = tf.stack([tf.boolean_mask(rows, valid), tf.boolean_mask(seen, valid)], axis=1)
+        hits = tf.scatter_nd(at, tf.ones(tf.shape(at)[:1]), tf.stack([batch, self._n]))
+        return hits > 0
 
     # ----------------------------------------------------------------------- signatures
-    def _recommend(self, user_id, timestamp, k):
-        k = tf.clip_by_value(k, 1, MAX_K)
-        query, known = self._query_embedding(user_id, self._now_if_unset(timestamp))
+    def _recommend(self, user_id, timestamp, k, exclude, context):
+        k = tf.clip_by_value(k, 1, self._k_max)
+        query, known, seen = self._scores(user_id, self._now_if_unset(timestamp), context)
         scores, rows = self.index(query, k=self._top)
-        batch = tf.shape(user_id)[0]
-        popular_rows = tf.tile(self._popular_rows[None, :], [batch, 1])
-        popular_scores = tf.tile(self._popular_scores[None, :], [batch, 1])
-        rows = tf.where(known[:, None], rows, popular_rows)[:, :k]
-        scores = tf.where(known[:, None], scores, popular_scores)[:, :k]
+        excluded = tf.gather(self._seen_mask(seen), rows, batch_dims=1) & exclude[:, None]
+        scores = tf.where(excluded, tf.fill(tf.shape(scores), -np.inf), scores)
+        # the best k that are left (the index's candidates are in descending order)
+        order = tf.argsort(tf.cast(excluded, tf.int32), axis=1, stable=True)[:, :k]
+        rows = tf.gather(rows, order, batch_dims=1)
         return {
             S.MOVIE_IDS: tf.gather(self.movie_ids, rows),
             S.MOVIE_TITLES: tf.gather(self.movie_titles, rows),
-            S.SCORES: scores,
+            S.SCORES: tf.gather(scores, order, batch_dims=1),
             S.KNOWN_USER: known,
         }
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=S.USER_ID)])
-    def recommend(self, user_id):
+    @staticmethod
+    def _context(*values):
+        return dict(zip(S.CONTEXT_INPUTS, values))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=S.USER_ID)]
+                 + _CONTEXT_SPECS)
+    def recommend(self, user_id, history_movie_ids, history_ratings, history_timestamps,
+                  user_age, user_gender, user_occupation, user_zip):
+        """The top DEFAULT_K movies now, the user's known history left out."""
         zeros = tf.zeros_like(user_id, dtype=tf.int64)
-        return self._recommend(user_id, zeros, tf.constant(DEFAULT_K, tf.int32))
+        context = self._context(history_movie_ids, history_ratings, history_timestamps,
+                                user_age, user_gender, user_occupation, user_zip)
+        return self._recommend(user_id, zeros, tf.constant(DEFAULT_K, tf.int32),
+                               tf.ones_like(user_id, dtype=tf.bool), context)
 
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name=S.USER_ID),
         tf.TensorSpec([None], tf.int64, name=S.TIMESTAMP),
         tf.TensorSpec([None], tf.int64, name=S.K),
-    ])
-    def recommend_at(self, user_id, timestamp, k):
+        tf.TensorSpec([None], tf.bool, name=S.EXCLUDE_RATED),
+    ] + _CONTEXT_SPECS)
+    def recommend_at(self, user_id, timestamp, k, exclude_rated, history_movie_ids,
+                     history_ratings, history_timestamps, user_age, user_gender,
+                     user_occupation, user_zip):
         k = tf.where(k > 0, k, DEFAULT_K)  # k <= 0 means the default
         largest = tf.cast(tf.reduce_max(tf.concat([k, [1]], 0)), tf.int32)
-        return self._recommend(user_id, timestamp, largest)
+        context = self._context(history_movie_ids, history_ratings, history_timestamps,
+                                user_age, user_gender, user_occupation, user_zip)
+        return self._recommend(user_id, timestamp, largest, exclude_rated, context)
 
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name=S.USER_ID),
         tf.TensorSpec([None], tf.int64, name=S.TIMESTAMP),
-    ])
-    def score_catalog(self, user_id, timestamp):
+    ] + _CONTEXT_SPECS)
+    def score_catalog(self, user_id, timestamp, history_movie_ids, history_ratings,
+                      history_timestamps, user_age, user_gender, user_occupation, user_zip):
         """Scores of every catalog movie (for evaluation): [batch, catalog]."""
-        query, known = self._query_embedding(user_id, self._now_if_unset(timestamp))
+        context = self._context(history_movie_ids, history_ratings, history_timestamps,
+                                user_age, user_gender, user_occupation, user_zip)
+        query, known, _ = self._scores(user_id, self._now_if_unset(timestamp), context)
         return {S.SCORES: tf.matmul(query, self.candidate_embeddings, transpose_b=True),
                 S.KNOWN_USER: known}
 
-    def _rate(self, raw):
-        xf = self._transform(raw)
+    def _rate(self, xf):
         return self.rating_model(
             xf, self.query_tower(xf, training=False), self.candidate_tower(xf, training=False),
             training=False)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=S.EXAMPLES)])
     def serving_default(self, examples):
-        spec = F.raw_feature_spec(F.QUERY_FEATURES + F.MOVIE_FEATURES)
+        """The rating of each tf.Example of raw features (F.QUERY_FEATURES and
+        F.MOVIE_FEATURES; optionally F.HISTORY_FEATURES, the user's known history)."""
+        spec = F.raw_feature_spec(F.QUERY_FEATURES + F.MOVIE_FEATURES + F.HISTORY_FEATURES)
         raw = tf.io.parse_example(examples, spec)
-        return {S.RATING: self._rate(raw)}
+        context = {f.name: tf.sparse.to_dense(raw.pop(f.name)) for f in F.HISTORY_FEATURES}
+        for f in F.USER_SIDE_FEATURES:  # the example's demographics, as given
+            context[f.name] = tf.reshape(raw[f.name], [-1])
+        user_id = tf.reshape(raw.pop(F.USER_ID), [-1])
+        timestamp = tf.reshape(raw.pop(F.TIMESTAMP), [-1])
+        movie = {f.name: raw[f.name] for f in F.MOVIE_FEATURES}
+        xf, _, _ = self._query_features(user_id, timestamp, context, movie=movie)
+        return {S.RATING: self._rate(xf)}
 
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name=S.USER_ID),
         tf.TensorSpec([None], tf.string, name=S.MOVIE_ID),
         tf.TensorSpec([None], tf.int64, name=S.TIMESTAMP),
-    ])
-    def rate(self, user_id, movie_id, timestamp):
+    ] + _CONTEXT_SPECS)
+    def rate(self, user_id, movie_id, timestamp, history_movie_ids, history_ratings,
+             history_timestamps, user_age, user_gender, user_occupation, user_zip):
         """The rating `user_id` would give `movie_id` at `timestamp` (<= 0: now)."""
-        raw, _ = self._raw_query(user_id, self._now_if_unset(timestamp))
+        context = self._context(history_movie_ids, history_ratings, history_timestamps,
+                                user_age, user_gender, user_occupation, user_zip)
         row = self._movie_row.lookup(movie_id)
         movie = self._raw_movies(tf.maximum(row, 0))
         movie[F.MOVIE_ID] = movie_id  # unknown movies keep their id (-> OOV embedding)
-        raw.update(movie)
-        return {S.RATING: self._rate(raw), S.KNOWN_MOVIE: row >= 0}
+        xf, _, _ = self._query_features(user_id, self._now_if_unset(timestamp), context,
+                                        movie=movie)
+        return {S.RATING: self._rate(xf), S.KNOWN_MOVIE: row >= 0}
 
 
 def save(module: MovieRecExport, path: str):

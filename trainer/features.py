@@ -97,6 +97,7 @@ YEAR_BUCKET_XF = "year_bucket_xf"
 TIMESTAMP_BUCKET_XF = "timestamp_bucket_xf"
 TIMESTAMP_Z_XF = "timestamp_z_xf"  # float, z-score clipped to the training range
 TIMESTAMP_S_XF = "timestamp_s_xf"  # float, seconds since the first training rating (clipped)
+TIMESTAMP_XF = "timestamp_xf"  # int64, the raw timestamp (seconds since the epoch), unclipped
 AGE_BUCKET_XF = "age_bucket_xf"
 GENDER_XF = "gender_xf"
 OCCUPATION_XF = "occupation_xf"
@@ -134,8 +135,28 @@ QUERY_XF = (
     AGE_BUCKET_XF, GENDER_XF, OCCUPATION_XF, ZIP_PREFIX_XF,
 )
 CANDIDATE_XF = (MOVIE_ID_XF, TITLE_TOKENS_XF, GENRES_XF, YEAR_BUCKET_XF)
-# Read by the query towers' session pooling, not embedded.
-CONTEXT_XF = (TIMESTAMP_S_XF,)
+# Read by the query towers' session pooling and the residual neighbourhood, not embedded.
+CONTEXT_XF = (TIMESTAMP_S_XF, TIMESTAMP_XF)
+
+# --- the user's history: the ratings they made before the example's (request's) time ----
+# Raw request inputs of the exported signatures ([batch, L]; "" pads history_movie_ids):
+HISTORY_MOVIE_IDS = "history_movie_ids"  # string
+HISTORY_RATINGS = "history_ratings"  # float
+HISTORY_TIMESTAMPS = "history_timestamps"  # int64, seconds since the epoch
+HISTORY_INPUTS = (HISTORY_MOVIE_IDS, HISTORY_RATINGS, HISTORY_TIMESTAMPS)
+# ... and as serving_default's tf.Example features (optional; a list each)
+HISTORY_FEATURES = (
+    RawFeature(HISTORY_MOVIE_IDS, tf.string, multivalent=True),
+    RawFeature(HISTORY_RATINGS, tf.float32, multivalent=True),
+    RawFeature(HISTORY_TIMESTAMPS, tf.int64, multivalent=True),
+)
+# What the towers read ([batch, L], newest first; built per training batch from the
+# ratings before each example by trainer/data.py, at serving by trainer/history.py's
+# HistoryMerge from the stored history and the request's):
+HISTORY_IDS_XF = "history_ids_xf"  # int32, movie_id_xf + 1; 0 = padding
+HISTORY_RATINGS_XF = "history_ratings_xf"  # float32, rating minus the training mean
+HISTORY_TIMES_XF = "history_times_xf"  # int64, raw timestamp
+HISTORY_XF = (HISTORY_IDS_XF, HISTORY_RATINGS_XF, HISTORY_TIMES_XF)
 # Transformed features that are functions of the movie alone, and of the user alone: the
 # Trainer keeps them once per movie / user and looks them up per batch.
 MOVIE_LEVEL_XF = (TITLE_TOKENS_XF, GENRES_XF, YEAR_BUCKET_XF)

@@ -13,6 +13,7 @@ import tensorflow as tf
 from trainer import distribution
 from trainer import features as F
 from trainer.data import READ_BATCH, Ratings, training_dataset
+from trainer.history import CausalHistory
 from trainer.model import HParams, MovieRecModel, Vocab, user_history
 
 VAL_OBJECTIVE = "val_objective"
@@ -59,19 +60,35 @@ def build_model(train: Ratings, vocab: Vocab, hp: HParams):
     tf.keras.utils.set_random_seed(hp.seed)
     counts = np.bincount(train[F.MOVIE_ID_XF], minlength=vocab.sizes[F.MOVIE_ID_XF])
     log_prob = np.log((counts + 1.0) / (counts.sum() + len(counts)))
-    history = user_history(train[F.USER_ID_XF], train[F.MOVIE_ID_XF], train[F.TIMESTAMP_S_XF],
-                           train[F.RATING_XF], vocab.sizes[F.USER_ID_XF], hp.history_len)
+    mean = float(np.mean(train[F.RATING_XF]))
+    history = user_history(train[F.USER_ID_XF], train[F.MOVIE_ID_XF], train[F.TIMESTAMP_XF],
+                           train[F.RATING_XF], vocab.sizes[F.USER_ID_XF], hp.history_len,
+                           mean=mean)
+    movies = np.flatnonzero(counts)
+    candidates = {F.MOVIE_ID_XF: movies.astype(np.int64),
+                  **{k: train.movies[k][movies] for k in F.MOVIE_LEVEL_XF}}
     raters = user_history(train[F.MOVIE_ID_XF], train[F.USER_ID_XF], train[F.TIMESTAMP_S_XF],
                           train[F.RATING_XF], vocab.sizes[F.MOVIE_ID_XF],
                           hp.rater_history_len) if hp.rater_history_len else None
-    model = MovieRecModel(vocab, hp, movie_log_prob=log_prob,
-                          mean_rating=float(np.mean(train[F.RATING_XF])), history=history,
-                          raters=raters)
+    model = MovieRecModel(vocab, hp, movie_log_prob=log_prob, mean_rating=mean,
+                          history=history, raters=raters, candidates=candidates)
     # one step per global batch, however many replicas share it
     steps_per_epoch = -(-len(train) // hp.batch_size)
     model.compile(optimizer=hp.make_optimizer(
         steps_per_epoch * hp.epochs_for(len(train))))
     return model, counts
+
+
+def with_causal_history(train: Ratings, validation: Ratings | None, hp: HParams):
+    """The training (and validation) ratings, each example with its user's latest
+    hp.history_len training ratings strictly before its time (trainer/history.py)."""
+    if not hp.history_len:
+        return train, validation
+    store = CausalHistory(train[F.USER_ID_XF], train[F.MOVIE_ID_XF], train[F.TIMESTAMP_XF],
+                          train[F.RATING_XF], hp.history_len,
+                          mean=float(np.mean(train[F.RATING_XF])))
+    return (train.with_history(store),
+            validation.with_history(store) if validation is not None else None)
 
 
 def fit(train: Ratings, vocab: Vocab, hp: HParams, validation: Ratings | None = None,
@@ -82,6 +99,7 @@ def fit(train: Ratings, vocab: Vocab, hp: HParams, validation: Ratings | None = 
     strategy = distribution.strategy(hp.distribution)
     with distribution.scope(strategy):
         model, counts = build_model(train, vocab, hp)
+    train, validation = with_causal_history(train, validation, hp)
     dataset = training_dataset(train, hp)
     if initialize is not None:
         with distribution.scope(strategy):
@@ -114,7 +132,8 @@ def fit_neighborhood(model, train: Ratings, vocab: Vocab) -> float:
     if layer is None:
         return 0.0
     started = time.time()
-    separate = model.hp.rating_tower == "separate"  # the rating path alone: no towers
+    train, _ = with_causal_history(train, None, model.hp)
+    separate = model.hp.rating_tower != "shared"  # the rating path alone: no towers
 
     @tf.function
     def rate(batch):

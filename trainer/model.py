@@ -11,13 +11,15 @@ import dataclasses
 import json
 from typing import Mapping, Sequence
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from trainer import distribution
 from trainer import features as F
 from trainer.embedding import TaggedEmbedding
-from trainer.history import user_history
+from trainer.asymmetric import HistoryRatingHead
+from trainer.history import StoredHistory, user_history
 from trainer.neighborhood import ResidualNeighborhood
 from trainer.towers import candidate_tower, mlp, query_tower
 
@@ -34,7 +36,11 @@ class HParams:
     # "shared": the rating head reads the retrieval towers' embeddings (the seeds' design).
     # "separate": the rating head has towers of its own plus user/movie biases, so the
     # retrieval loss (summed over the batch by TFRS) cannot drown the rating loss.
-    rating_tower: str = "separate"
+    # "history": the asymmetric factor model of trainer/asymmetric.py, the user's biases
+    # and factors read from their history (rates users never seen as well).
+    rating_tower: str = "history"
+    # Factors of the "history" rating head.
+    rating_dim: int = 32
     dropout: float = 0.3
     # Independent rating heads averaged (an ensemble inside the model; "separate" only).
     rating_heads: int = 1
@@ -46,10 +52,10 @@ class HParams:
     remove_accidental_hits: bool = True
     temperature: float = 1.0
     l2: float = 0.0
-    # L2 on the rating head's own towers (its embeddings and projections) only.
-    rating_l2: float = 0.0
+    # L2 on the rating head's own tables (and projections) only.
+    rating_l2: float = 1e-4
     optimizer: str = "adam"
-    learning_rate: float = 0.005
+    learning_rate: float = 0.002
     lr_schedule: str = "cosine"  # decay to 5% over the training steps, or "constant"
     epochs: int = 6
     # Examples the Trainer may process in all: `epochs` full passes, fewer when they would
@@ -60,9 +66,19 @@ class HParams:
     # Stop after this many batches (0: full epochs). For smoke tests and the worse-model
     # check of the blessing; never a sensible production setting.
     max_steps: int = 0
-    batch_size: int = 2048
-    # Movies of the user's training history the query towers read (0: none).
+    batch_size: int = 512
+    # Movies of the user's history (their latest ratings before the example's time, the
+    # request's) the query towers read (0: none).
     history_len: int = 200
+    # Also pool the history by recency (position, newest first), one pooling per scale.
+    recency_taus: Sequence[float] = (5.0, 20.0)
+    # Share of training examples whose user id is replaced by the out-of-vocabulary id,
+    # so that the history and demographics learn to carry users the model never saw.
+    user_dropout: float = 0.5
+    # Retrieval negatives: every training movie (a full softmax; the user's history movies
+    # other than the answer left out) while there are at most this many, else the batch's
+    # (TFRS's in-batch softmax with logQ correction).
+    full_softmax_max: int = 20000
     # Also pool the history movies rated close in time to the query (the same session),
     # weighted by exp(-|time gap| / session_tau), in seconds (0: off).
     session_tau: float = 1800.0
@@ -77,7 +93,7 @@ class HParams:
     # `residual_neighbors` movies most similar to the rated one, and of the same sitting
     # (time scale residual_session_tau seconds), times these weights (0, 0: off). Chosen on
     # a validation split of ML-100K's training ratings (docs/benchmarks.md).
-    residual_neighbors: int = 30
+    residual_neighbors: int = 0
     residual_knn_weight: float = 1.0
     residual_session_weight: float = 0.5
     residual_session_tau: float = 60.0
@@ -108,8 +124,13 @@ class HParams:
                 values[name] = tuple(int(v) for v in values[name])
         if values.get("index", "brute_force") not in ("brute_force", "scann"):
             raise ValueError("index must be 'brute_force' or 'scann'")
-        if values.get("rating_tower", "separate") not in ("shared", "separate"):
-            raise ValueError("rating_tower must be 'shared' or 'separate'")
+        if "recency_taus" in values:
+            taus = values["recency_taus"]
+            if isinstance(taus, str):
+                taus = [v for v in taus.split(",") if v.strip()]
+            values["recency_taus"] = tuple(float(v) for v in taus)
+        if values.get("rating_tower", "history") not in ("shared", "separate", "history"):
+            raise ValueError("rating_tower must be 'history', 'separate' or 'shared'")
         distribution.check(values.get("distribution", ""))
         if (values.get("early_stopping_patience", 0) > 0
                 and values.get("validation_fraction", 0) <= 0):
@@ -173,13 +194,13 @@ class RatingHead(tf.keras.layers.Layer):
     rating_tower=separate it has towers of its own (trainer/towers.py: the movie's raters
     too, when rater_history_len > 0) and user and movie biases."""
 
-    def __init__(self, vocab: Vocab, hp: HParams, mean_rating: float, history=None,
-                 raters=None, name="rating_head"):
+    def __init__(self, vocab: Vocab, hp: HParams, mean_rating: float, raters=None,
+                 name="rating_head"):
         super().__init__(name=name)
         self._separate = hp.rating_tower == "separate"
         if self._separate:
             hp = dataclasses.replace(hp, l2=hp.rating_l2 or hp.l2)
-            self.query = query_tower(vocab, hp, name="rating_query_tower", history=history)
+            self.query = query_tower(vocab, hp, name="rating_query_tower")
             self.candidate = candidate_tower(vocab, hp, name="rating_candidate_tower",
                                              raters=raters)
             self.user_bias = TaggedEmbedding(
@@ -214,13 +235,15 @@ class RatingModel(tf.keras.layers.Layer):
     errors on the training ratings after training (trainer/fit.py's fit_neighborhood).
     It is never part of the loss."""
 
-    def __init__(self, vocab: Vocab, hp: HParams, mean_rating: float, history=None,
-                 raters=None):
+    def __init__(self, vocab: Vocab, hp: HParams, mean_rating: float, raters=None):
         super().__init__(name="rating_model")
-        count = hp.rating_heads if hp.rating_tower == "separate" else 1
-        self.heads = [RatingHead(vocab, hp, mean_rating, history, raters,
-                                 name=f"rating_head_{i}")
-                      for i in range(count)]
+        count = hp.rating_heads if hp.rating_tower != "shared" else 1
+        if hp.rating_tower == "history":
+            self.heads = [HistoryRatingHead(vocab, hp, mean_rating, name=f"rating_head_{i}")
+                          for i in range(count)]
+        else:
+            self.heads = [RatingHead(vocab, hp, mean_rating, raters, name=f"rating_head_{i}")
+                          for i in range(count)]
         self.neighborhood = ResidualNeighborhood.from_hparams(hp)
 
     def factor_rating(self, features, query_embedding, candidate_embedding, training=False):
@@ -239,22 +262,40 @@ class RatingModel(tf.keras.layers.Layer):
 
 
 class MovieRecModel(tfrs.Model):
-    """Retrieval (in-batch softmax over movies) + rating regression, trained jointly."""
+    """Retrieval (a softmax over movies) + rating regression, trained jointly, on examples
+    that carry their user's history before their time (trainer/history.py)."""
 
     def __init__(self, vocab: Vocab, hp: HParams, movie_log_prob=None, mean_rating=3.5,
-                 history=None, raters=None):
-        """history: user_history(...) of the training ratings (None: empty tables);
-        raters: the same per movie, users and movies swapped."""
+                 history=None, raters=None, candidates=None):
+        """history: user_history(...) of the training ratings (None: empty tables), which
+        the model stores for serving (`stored_history`: the users' latest ratings);
+        raters: the same per movie, users and movies swapped; candidates: the transformed
+        movie-level features of every training movie (F.MOVIE_ID_XF and F.MOVIE_LEVEL_XF
+        arrays), the full softmax's negatives (None, or more than hp.full_softmax_max
+        movies: in-batch negatives)."""
         super().__init__()
         self.hp = hp
+        self.mean_rating = float(mean_rating)
         if history is None and hp.history_len:
             history = user_history([], [], [], [], vocab.sizes[F.USER_ID_XF], hp.history_len)
         if raters is None and hp.rater_history_len:
             raters = user_history([], [], [], [], vocab.sizes[F.MOVIE_ID_XF],
                                   hp.rater_history_len)
-        self.query_tower = query_tower(vocab, hp, history=history)
+        movies, times, centred = history if hp.history_len else (None, None, None)
+        self.stored_history = (StoredHistory(movies, centred, times, name="user_history")
+                               if hp.history_len else None)
+        self._oov_user = vocab.sizes[F.USER_ID_XF] - 1  # Transform's one OOV bucket
+        self.movie_vocab_size = vocab.sizes[F.MOVIE_ID_XF]
+        self.query_tower = query_tower(vocab, hp)
         self.candidate_tower = candidate_tower(vocab, hp)
-        self.rating_model = RatingModel(vocab, hp, mean_rating, history=history, raters=raters)
+        self.rating_model = RatingModel(vocab, hp, mean_rating, raters=raters)
+        self._candidates = None
+        if candidates is not None and 0 < len(candidates[F.MOVIE_ID_XF]) <= hp.full_softmax_max:
+            ids = np.asarray(candidates[F.MOVIE_ID_XF], dtype=np.int64)
+            self._candidates = {k: tf.constant(v) for k, v in candidates.items()}
+            column = np.full(vocab.sizes[F.MOVIE_ID_XF] + 1, -1, dtype=np.int64)
+            column[ids + 1] = np.arange(len(ids))  # by movie_id_xf + 1 (history ids)
+            self._column = tf.constant(column)
         # log P(movie is sampled as an in-batch negative), indexed by movie_id_xf.
         self._log_prob = (None if movie_log_prob is None
                           else tf.constant(movie_log_prob, tf.float32))
@@ -281,8 +322,42 @@ class MovieRecModel(tfrs.Model):
         c = self.candidate_tower(features, training=training)
         return q, c, self.rating_model(features, q, c, training=training)
 
+    def _drop_users(self, features):
+        """hp.user_dropout of the examples with the out-of-vocabulary user id."""
+        user = features[F.USER_ID_XF]
+        dropped = tf.random.uniform(tf.shape(user)) < self.hp.user_dropout
+        return {**features, F.USER_ID_XF: tf.where(dropped, tf.cast(self._oov_user, user.dtype),
+                                                   user)}
+
+    def _full_softmax_loss(self, q, features):
+        """Σ over the batch of the softmax cross-entropy over every training movie, the
+        example's history movies other than its answer left out of the negatives (a user
+        rates a movie once)."""
+        catalog = self.candidate_tower(self._candidates, training=True)
+        logits = tf.matmul(q, catalog, transpose_b=True)
+        if self.hp.temperature != 1.0:
+            logits /= self.hp.temperature
+        movie = tf.cast(tf.reshape(features[F.MOVIE_ID_XF], [-1]), tf.int64)
+        label = tf.gather(self._column, movie + 1)
+        if F.HISTORY_IDS_XF in features:
+            seen = tf.gather(self._column, tf.cast(features[F.HISTORY_IDS_XF], tf.int64))
+            rows = tf.broadcast_to(tf.range(tf.shape(seen, out_type=tf.int64)[0])[:, None],
+                                   tf.shape(seen, out_type=tf.int64))
+            valid = (seen >= 0) & tf.not_equal(seen, label[:, None])
+            at = tf.stack([tf.boolean_mask(rows, valid), tf.boolean_mask(seen, valid)], 1)
+            hits = tf.scatter_nd(at, tf.ones(tf.shape(at)[:1]), tf.shape(logits, out_type=tf.int64))
+            logits -= 1e9 * tf.minimum(hits, 1.0)
+        known = label >= 0  # a movie outside the candidates cannot be learned
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.maximum(label, 0), logits)
+        return tf.reduce_sum(tf.where(known, losses, 0.0))
+
     def compute_loss(self, features, training=False):
+        if training and self.hp.user_dropout > 0:
+            features = self._drop_users(features)
         q, c, rating = self(features, training=training)
+        if self._candidates is not None:
+            retrieval_loss = self._full_softmax_loss(q, features)
+            return self._combine(retrieval_loss, features, rating)
         movie = tf.reshape(features[F.MOVIE_ID_XF], [-1])
         kwargs = {}
         if self.hp.logq_correction and self._log_prob is not None:
@@ -290,6 +365,11 @@ class MovieRecModel(tfrs.Model):
         if self.hp.remove_accidental_hits:
             kwargs["candidate_ids"] = movie
         retrieval_loss = self.retrieval_task(q, c, compute_metrics=False, **kwargs)
+        return self._combine(retrieval_loss, features, rating)
+
+    def _combine(self, retrieval_loss, features, rating):
+        """The weighted sum of the retrieval loss (a sum over the batch) and the rating
+        loss."""
         if self._distributed:
             return self._replica_loss(retrieval_loss, features, rating)
         self.retrieval_loss_tracker.update_state(retrieval_loss)

@@ -3,7 +3,8 @@
 Each layer owns the embedding table it pools (given to it, tagged where it is created:
 trainer/embedding.py) and takes the list as plain tensors, [batch, L] each:
 
-    ids    the ids to embed (a history's movie_id_xf + 1, 0 = padding; title tokens)
+    ids    the ids to embed (a history's movie_id_xf + 1, 0 = padding; title tokens),
+           a history newest first
     keep   bool, the positions that count (padding and left-out entries are False)
     ratings, times   per position: the centred rating, the time in seconds
 
@@ -59,9 +60,30 @@ class SessionPooling(tf.keras.layers.Layer):
         self.tau = float(tau)
 
     def call(self, ids, times, now, keep):
-        """now: [batch] seconds, on the same clock as `times`."""
-        now = tf.reshape(tf.cast(now, tf.float32), [-1, 1])
-        gap = tf.abs(times - now)
+        """now: [batch] seconds, on the same clock as `times` (the gap is taken in int64,
+        exact for epoch seconds)."""
+        now = tf.reshape(tf.cast(now, tf.int64), [-1, 1])
+        gap = tf.abs(tf.cast(tf.cast(times, tf.int64) - now, tf.float32))
         weight = tf.exp(-gap / self.tau) * tf.cast(keep, tf.float32)
+        return (tf.reduce_sum(self.embedding(ids) * weight[..., None], axis=1)
+                / (tf.reduce_sum(weight, axis=1, keepdims=True) + 1e-3))
+
+
+class RecencyPooling(tf.keras.layers.Layer):
+    """The mean of embedding(ids) weighted by recency in the list, exp(-position / tau)
+    (position 0: the newest entry), over the kept positions: what the user rated last,
+    whatever the clock says (the next movie a user rates follows the last few closely).
+    The weights' sum gets 1e-3 added."""
+
+    def __init__(self, embedding: tf.keras.layers.Layer, tau: float, **kwargs):
+        super().__init__(**kwargs)
+        if tau <= 0:
+            raise ValueError("RecencyPooling needs a scale tau > 0 (positions)")
+        self.embedding = embedding
+        self.tau = float(tau)
+
+    def call(self, ids, keep):
+        position = tf.cast(tf.range(tf.shape(ids)[1]), tf.float32)[None, :]
+        weight = tf.exp(-position / self.tau) * tf.cast(keep, tf.float32)
         return (tf.reduce_sum(self.embedding(ids) * weight[..., None], axis=1)
                 / (tf.reduce_sum(weight, axis=1, keepdims=True) + 1e-3))

@@ -79,6 +79,8 @@ def preprocessing_fn(inputs, custom_config=None):
         out[F.TIMESTAMP_Z_XF] = tft.scale_to_z_score(ts)
         # exact in int64, then float32: about a minute's resolution over 20 years
         out[F.TIMESTAMP_S_XF] = tf.cast(seconds - first, tf.float32)
+        # the time itself (histories compare it with the times of earlier ratings)
+        out[F.TIMESTAMP_XF] = tf.cast(_dense(inputs[F.TIMESTAMP], 0), tf.int64)
     if F.USER_AGE in inputs:
         age = _dense(inputs[F.USER_AGE], 0)
         out[F.AGE_BUCKET_XF] = tf.cast(tf.raw_ops.Bucketize(

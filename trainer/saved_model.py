@@ -24,3 +24,28 @@ def load(path: str):
     except ImportError:
         pass
     return tf.saved_model.load(path)
+
+
+def call(model, name: str, **inputs) -> dict:
+    """Calls signature `name` of a loaded model with `inputs` (tensors or arrays, [batch]
+    first), the inputs it leaves out that a request may leave out
+    (trainer/signatures.py's OPTIONAL_INPUTS: no history, no demographics, ...) filled in
+    for the batch, as `movierec serve` fills them."""
+    import numpy as np
+
+    from trainer import signatures as S
+
+    fn = model.signatures[name]
+    specs = fn.structured_input_signature[1]
+    inputs = {k: tf.convert_to_tensor(v, dtype=specs[k].dtype) if k in specs else v
+              for k, v in inputs.items()}
+    batch = int(next(iter(inputs.values())).shape[0]) if inputs else 1
+    for key, value in S.OPTIONAL_INPUTS.get(name, {}).items():
+        if key in specs and key not in inputs:
+            spec = specs[key]
+            array = np.array([value] * batch, dtype=object if spec.dtype == tf.string
+                             else spec.dtype.as_numpy_dtype)
+            if spec.shape.rank == 2:
+                array = array.reshape(batch, -1)
+            inputs[key] = tf.constant(array, spec.dtype)
+    return fn(**inputs)

@@ -24,6 +24,18 @@ USER_ID = F.USER_ID
 MOVIE_ID = F.MOVIE_ID
 TIMESTAMP = F.TIMESTAMP  # seconds since the epoch; <= 0 means "now"
 K = "k"  # how many movies; <= 0 means DEFAULT_K; at most MAX_K
+EXCLUDE_RATED = "exclude_rated"  # recommend_at: leave out the user's known history (bool)
+# The user's ratings known at request time ([batch, L] each, any L >= 0; "" pads the ids),
+# merged with the history the model stored (the request wins for a movie in both):
+HISTORY_MOVIE_IDS = F.HISTORY_MOVIE_IDS
+HISTORY_RATINGS = F.HISTORY_RATINGS
+HISTORY_TIMESTAMPS = F.HISTORY_TIMESTAMPS
+HISTORY_INPUTS = F.HISTORY_INPUTS
+# The user's demographics ([batch]; 0 / "": not given, the stored ones count):
+DEMOGRAPHIC_INPUTS = F.names(F.USER_SIDE_FEATURES)
+CONTEXT_INPUTS = HISTORY_INPUTS + DEMOGRAPHIC_INPUTS
+MAX_HISTORY = 1000  # the longest request history the server and the CLI accept
+RATING_RANGE = (0.5, 5.0)  # a history rating's range (every MovieLens layout's)
 
 # --- outputs ------------------------------------------------------------------------------
 RATING = F.RATING  # predicted rating (the label's name)
@@ -36,7 +48,14 @@ KNOWN_MOVIE = "known_movie"
 # Inputs a request to `movierec serve` may leave out, with the value the server gives
 # them ({signature: {input: value}}); a SavedModel signature itself needs every input
 # (TF Serving: give them).
-OPTIONAL_INPUTS = {RATE: {TIMESTAMP: 0}}
+_CONTEXT_DEFAULTS = {HISTORY_MOVIE_IDS: [], HISTORY_RATINGS: [], HISTORY_TIMESTAMPS: [],
+                     F.USER_AGE: 0, F.USER_GENDER: "", F.USER_OCCUPATION: "", F.USER_ZIP: ""}
+OPTIONAL_INPUTS = {
+    RECOMMEND: dict(_CONTEXT_DEFAULTS),
+    RECOMMEND_AT: {EXCLUDE_RATED: False, **_CONTEXT_DEFAULTS},
+    RATE: {TIMESTAMP: 0, **_CONTEXT_DEFAULTS},
+    SCORE_CATALOG: dict(_CONTEXT_DEFAULTS),
+}
 
 DEFAULT_K = 10
 MAX_K = 100  # recommend_at's largest k

@@ -2,14 +2,15 @@
 
     Tower = FeatureEmbedding (the example's own features)
           + context blocks (each a list of [batch, d] parts):
-              UserHistoryPooling   the user's history: mean, rating-weighted, session
+              UserHistoryPooling   the user's history: mean, rating-weighted, by recency,
+                                   session, count and mean rating
               RaterPooling         the movie's raters: mean, rating-weighted
           -> concatenation -> projection (an MLP)
 
-query_tower() and candidate_tower() compose them from the hyperparameters. A history
-block reads its history from a StoredHistory (trainer/history.py) and hands it to the
-pooling layers (trainer/pooling.py) as tensors; another source of the same tensors (a
-request's history) plugs in without changing the poolings.
+query_tower() and candidate_tower() compose them from the hyperparameters. The user's
+history block reads the history that comes with the input (F.HISTORY_XF, built before
+the example's time: trainer/history.py) and hands it to the pooling layers
+(trainer/pooling.py); the raters block reads a StoredHistory of the movie's raters.
 
 Layers are built (their weights initialized) in the order they are first called: the
 features in key order, then the blocks, then the projection.
@@ -24,7 +25,8 @@ import tensorflow as tf
 from trainer import features as F
 from trainer import history as H
 from trainer.embedding import TaggedEmbedding
-from trainer.pooling import MeanPooling, RatingWeightedPooling, SessionPooling
+from trainer.pooling import (MeanPooling, RatingWeightedPooling, RecencyPooling,
+                             SessionPooling)
 
 
 def regularizer(hp):
@@ -86,33 +88,43 @@ class FeatureEmbedding(tf.keras.layers.Layer):
 
 
 class UserHistoryPooling(tf.keras.layers.Layer):
-    """The query side's history parts: the user's stored history (`source`), the example's
-    own movie left out of it (a training example never sees its answer), pooled by
-    `mean`, `rated` (rating-weighted, optional) and `session` (optional; only when the
-    input has a time)."""
+    """The query side's history parts, from the input's history (F.HISTORY_XF: the user's
+    ratings before the example's time, trainer/history.py), the example's own movie left
+    out of it: pooled by `mean`, `rated` (rating-weighted, optional), `recent` (by
+    position, newest first; any number) and `session` (optional; only when the input has
+    a time), plus two statistics: log(1 + count) and the mean centred rating shrunk
+    towards 0 (sum / (count + 5)). An input without a history pools as an empty one."""
 
-    def __init__(self, source: H.StoredHistory, mean: MeanPooling,
-                 rated: RatingWeightedPooling | None = None,
+    def __init__(self, mean: MeanPooling, rated: RatingWeightedPooling | None = None,
+                 recent: Sequence[RecencyPooling] = (),
                  session: SessionPooling | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.source, self.mean, self.rated, self.session = source, mean, rated, session
+        self.mean, self.rated, self.session = mean, rated, session
+        self.recent = list(recent)
 
     def call(self, inputs):
-        timed = self.session is not None and F.TIMESTAMP_S_XF in inputs
-        fields = (H.IDS,) + ((H.RATINGS,) if self.rated is not None else ()) \
-            + ((H.TIMES,) if timed else ())
-        history = self.source(_flat(inputs[F.USER_ID_XF]), fields=fields)
-        ids = history[H.IDS]
+        if F.HISTORY_IDS_XF in inputs:
+            ids = tf.cast(inputs[F.HISTORY_IDS_XF], tf.int32)
+            ratings = tf.cast(inputs[F.HISTORY_RATINGS_XF], tf.float32)
+            times = inputs[F.HISTORY_TIMES_XF]
+        else:
+            batch = tf.shape(tf.reshape(inputs[F.USER_ID_XF], [-1]))[0]
+            ids = tf.zeros([batch, 1], tf.int32)
+            ratings, times = tf.zeros([batch, 1]), tf.zeros([batch, 1], tf.int64)
         keep = tf.not_equal(ids, 0)
         if F.MOVIE_ID_XF in inputs:
             target = tf.cast(tf.reshape(inputs[F.MOVIE_ID_XF], [-1, 1]), tf.int32) + 1
             keep &= tf.not_equal(ids, target)
         parts = [self.mean(ids, keep=keep)]
         if self.rated is not None:
-            parts.append(self.rated(ids, ratings=history[H.RATINGS], keep=keep))
-        if timed:
-            parts.append(self.session(ids, times=history[H.TIMES],
-                                      now=inputs[F.TIMESTAMP_S_XF], keep=keep))
+            parts.append(self.rated(ids, ratings=ratings, keep=keep))
+        parts += [pooling(ids, keep=keep) for pooling in self.recent]
+        if self.session is not None and F.TIMESTAMP_XF in inputs:
+            parts.append(self.session(ids, times=times, now=inputs[F.TIMESTAMP_XF],
+                                      keep=keep))
+        count = tf.reduce_sum(tf.cast(keep, tf.float32), axis=1, keepdims=True)
+        centred = tf.reduce_sum(tf.where(keep, ratings, 0.0), axis=1, keepdims=True)
+        parts.append(tf.concat([tf.math.log1p(count), centred / (count + 5.0)], axis=1))
         return parts
 
 
@@ -167,14 +179,14 @@ def _user_table(vocab, hp, name):
                            embeddings_regularizer=regularizer(hp), name=name)
 
 
-def user_history_pooling(vocab, hp, history) -> UserHistoryPooling:
-    """history: user_history(...)'s (movies, times, ratings) tables."""
-    movies, times, ratings = history
+def user_history_pooling(vocab, hp) -> UserHistoryPooling:
     return UserHistoryPooling(
-        H.StoredHistory(movies, ratings, times, name="user_history"),
         MeanPooling(_movie_table(vocab, hp, "history_embedding"), name="history_mean"),
         rated=RatingWeightedPooling(_movie_table(vocab, hp, "rated_embedding"),
                                     name="history_rated") if hp.history_ratings else None,
+        recent=[RecencyPooling(_movie_table(vocab, hp, f"recent_{i}_embedding"), tau,
+                               name=f"history_recent_{i}")
+                for i, tau in enumerate(hp.recency_taus)],
         session=SessionPooling(_movie_table(vocab, hp, "session_embedding"), hp.session_tau,
                                name="history_session") if hp.session_tau else None,
         name="history")
@@ -191,11 +203,10 @@ def rater_pooling(vocab, hp, raters) -> RaterPooling:
         name="raters")
 
 
-def query_tower(vocab, hp, name="query_tower", history=None) -> Tower:
-    """The user at a time: their features, and (history_len > 0, `history` given) their
-    stored history's poolings."""
-    context = [user_history_pooling(vocab, hp, history)] \
-        if history is not None and hp.history_len else []
+def query_tower(vocab, hp, name="query_tower") -> Tower:
+    """The user at a time: their features, and (history_len > 0) their history's
+    poolings."""
+    context = [user_history_pooling(vocab, hp)] if hp.history_len else []
     return Tower(FeatureEmbedding(F.QUERY_XF, vocab, hp,
                                   main_keys=(F.USER_ID_XF, F.TIMESTAMP_BUCKET_XF),
                                   name="features"),

@@ -1,0 +1,250 @@
+"""Request context (issue 13): histories built before each example's time in training,
+the request's history and demographics merged with the stored history in every
+signature, exclusion of known movies, and the CLI's --rated."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import features as F
+from trainer import saved_model
+from trainer import signatures as S
+from trainer.history import CausalHistory, HistoryMerge
+
+
+# --- training: causal histories ------------------------------------------------------------
+def _store():
+    # user 0: movies 10, 11, 12 at t = 100, 200, 200; user 1: movie 13 at t = 50
+    return CausalHistory(users=[0, 0, 0, 1], movies=[10, 11, 12, 13],
+                         times=[100, 200, 200, 50], ratings=[5.0, 3.0, 4.0, 1.0],
+                         length=4, mean=3.0)
+
+
+def test_an_example_sees_only_ratings_strictly_before_its_time():
+    store = _store()
+    start, end = store.slices([0, 0, 0, 1, 2], [100, 200, 201, 50, 999])
+    got = store.batch(start, end)
+    ids = got[F.HISTORY_IDS_XF].numpy()
+    assert ids[0].tolist() == [0, 0, 0, 0]  # nothing before t=100
+    assert ids[1].tolist() == [11, 0, 0, 0]  # t=200: not the two ratings at 200
+    assert ids[2].tolist() == [13, 12, 11, 0] or ids[2].tolist() == [12, 13, 11, 0]
+    assert ids[3].tolist() == [0, 0, 0, 0] and ids[4].tolist() == [0, 0, 0, 0]
+    assert got[F.HISTORY_RATINGS_XF].numpy()[1, 0] == pytest.approx(2.0)  # 5 - mean 3
+    assert got[F.HISTORY_TIMES_XF].numpy()[2].max() == 200
+
+
+def test_a_later_rating_never_changes_an_earlier_examples_features(example_files,
+                                                                  transform_dir):
+    """The Trainer's batches (trainer/data.py + fit.with_causal_history) for the training
+    ratings, and again with every rating after the median time changed: the examples
+    before that time get identical features."""
+    import tensorflow_transform as tft
+
+    from trainer import data
+    from trainer.fit import with_causal_history
+    from trainer.model import HParams
+
+    layer = tft.TFTransformOutput(transform_dir).transform_features_layer()
+    ratings, _ = data.load_ratings(data.tfrecord_files([example_files["train"]]), layer)
+    hp = HParams(history_len=50)
+    times = ratings[F.TIMESTAMP_XF]
+    cut = int(np.median(times))
+    changed_rows = dict(ratings.rows)
+    later = times >= cut
+    changed_rows[F.RATING_XF] = np.where(later, 6.0 - ratings[F.RATING_XF],
+                                         ratings[F.RATING_XF]).astype(np.float32)
+    changed_rows[F.MOVIE_ID_XF] = np.where(later, 0, ratings[F.MOVIE_ID_XF])
+    changed = data.Ratings(changed_rows, ratings.movies, ratings.users)
+
+    def features(r):
+        # a plain mean would move with the changed ratings: centre by the original mean
+        r, _ = with_causal_history(r, None, hp)
+        batch = next(iter(r.dataset(len(r))))
+        return {k: v.numpy() for k, v in batch.items() if k in F.HISTORY_XF}
+
+    before, after = features(ratings), features(changed)
+    early = ~later
+    mean_shift = float(np.mean(changed_rows[F.RATING_XF]) - np.mean(ratings[F.RATING_XF]))
+    np.testing.assert_array_equal(before[F.HISTORY_IDS_XF][early],
+                                  after[F.HISTORY_IDS_XF][early])
+    np.testing.assert_array_equal(before[F.HISTORY_TIMES_XF][early],
+                                  after[F.HISTORY_TIMES_XF][early])
+    kept = before[F.HISTORY_IDS_XF][early] > 0
+    np.testing.assert_allclose(before[F.HISTORY_RATINGS_XF][early][kept] - mean_shift,
+                               after[F.HISTORY_RATINGS_XF][early][kept], atol=1e-5)
+    # and the later examples did see the earlier ratings
+    assert (before[F.HISTORY_IDS_XF][later] > 0).any()
+
+
+def test_merge_keeps_stored_ratings_before_now_and_lets_the_request_win():
+    merge = HistoryMerge(length=3)
+    stored = {F.HISTORY_IDS_XF: tf.constant([[5, 4, 3]], tf.int32),
+              F.HISTORY_RATINGS_XF: tf.constant([[0.5, 1.0, -1.0]]),
+              F.HISTORY_TIMES_XF: tf.constant([[300, 200, 100]], tf.int64)}
+    request = {F.HISTORY_IDS_XF: tf.constant([[4, 0]], tf.int32),
+               F.HISTORY_RATINGS_XF: tf.constant([[-2.0, 0.0]]),
+               F.HISTORY_TIMES_XF: tf.constant([[250, 0]], tf.int64)}
+    out = merge(stored, tf.constant([300], tf.int64), request)
+    # movie 5 at 300 is not before now=300; movie 4: the request's rating and time
+    assert out[F.HISTORY_IDS_XF].numpy().tolist() == [[4, 3, 0]]
+    assert out[F.HISTORY_RATINGS_XF].numpy().tolist() == [[-2.0, -1.0, 0.0]]
+    assert out[F.HISTORY_TIMES_XF].numpy().tolist() == [[250, 100, 0]]
+    alone = merge(stored, tf.constant([1000], tf.int64))
+    assert alone[F.HISTORY_IDS_XF].numpy().tolist() == [[5, 4, 3]]
+
+
+# --- the exported model ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model(trained_model):
+    path, _ = trained_model
+    return saved_model.load(str(path))
+
+
+def _user_ratings(synth_data, user: str):
+    r = synth_data.ratings
+    mine = r[r["user"] == int(user)]
+    return mine[np.argsort(mine["timestamp"])]
+
+
+def _history(movies, ratings, stamps):
+    return {S.HISTORY_MOVIE_IDS: tf.constant([[str(m) for m in movies]], tf.string),
+            S.HISTORY_RATINGS: tf.constant([list(ratings)], tf.float32),
+            S.HISTORY_TIMESTAMPS: tf.constant([list(stamps)], tf.int64)}
+
+
+def _movie_id(synth_data, index: int) -> str:
+    return synth_data.movies[int(index)].movie_id
+
+
+def _scores(model, user, when, **context):
+    return saved_model.call(model, S.SCORE_CATALOG, user_id=tf.constant([user]),
+                            timestamp=tf.constant([when], tf.int64), **context)
+
+
+def test_every_signature_takes_the_history_and_demographics(model):
+    for name in (S.RECOMMEND, S.RECOMMEND_AT, S.RATE, S.SCORE_CATALOG):
+        inputs = model.signatures[name].structured_input_signature[1]
+        assert set(S.CONTEXT_INPUTS) <= set(inputs), name
+    assert S.EXCLUDE_RATED in model.signatures[S.RECOMMEND_AT].structured_input_signature[1]
+
+
+def _train_ratings(example_files, user: str):
+    """(movie ids, ratings, timestamps) of `user` in the training examples."""
+    spec = F.raw_feature_spec((F.QUERY_FEATURES[0], F.QUERY_FEATURES[1],
+                               F.MOVIE_FEATURES[0], F.LABEL_FEATURE))
+    rows = []
+    for record in tf.data.TFRecordDataset(example_files["train"], compression_type="GZIP"):
+        x = tf.io.parse_single_example(record, spec)
+        if x[F.USER_ID].numpy()[0].decode() == user:
+            rows.append((x[F.MOVIE_ID].numpy()[0].decode(), float(x[F.RATING].numpy()[0]),
+                         int(x[F.TIMESTAMP].numpy()[0])))
+    return [list(c) for c in zip(*sorted(rows, key=lambda r: r[2]))]
+
+
+def test_the_request_repeating_the_stored_history_changes_nothing(model, example_files):
+    """The stored history and the same ratings sent by the request are one history."""
+    movies, ratings, stamps = _train_ratings(example_files, "1")
+    when = max(stamps) + 10
+    alone = _scores(model, "1", when)[S.SCORES].numpy()
+    both = _scores(model, "1", when, **_history(movies, ratings, stamps))[S.SCORES].numpy()
+    np.testing.assert_allclose(alone, both, rtol=1e-5, atol=1e-5)
+
+
+def test_an_unknown_user_is_answered_from_their_history(model, synth_data):
+    mine = _user_ratings(synth_data, "1")
+    when = int(mine["timestamp"].max()) + 10
+    movies = [_movie_id(synth_data, m) for m in mine["movie"]]
+    history = _history(movies, mine["rating"], mine["timestamp"])
+    empty = _scores(model, "stranger", when)
+    told = _scores(model, "stranger", when, **history)
+    assert not told[S.KNOWN_USER].numpy()[0]
+    assert not np.allclose(empty[S.SCORES].numpy(), told[S.SCORES].numpy())
+    # recommend leaves the history out; recommend_at only with exclude_rated
+    rec = saved_model.call(model, S.RECOMMEND, user_id=tf.constant(["stranger"]), **history)
+    assert not set(m.decode() for m in rec[S.MOVIE_IDS].numpy()[0]) & set(movies)
+    every = len(synth_data.movies)
+    for exclude in (True, False):
+        top = saved_model.call(model, S.RECOMMEND_AT, user_id=tf.constant(["stranger"]),
+                               timestamp=tf.constant([when], tf.int64),
+                               k=tf.constant([every], tf.int64),
+                               exclude_rated=tf.constant([exclude]), **history)
+        shown = [m.decode() for m in top[S.MOVIE_IDS].numpy()[0]]
+        if exclude:
+            assert not set(shown[:every - len(set(movies))]) & set(movies)
+        else:
+            assert set(movies) <= set(shown)
+
+
+def test_known_users_history_is_left_out_of_recommend(model, example_files):
+    rated = set(_train_ratings(example_files, "2")[0])
+    rec = saved_model.call(model, S.RECOMMEND, user_id=tf.constant(["2"]))
+    assert not set(m.decode() for m in rec[S.MOVIE_IDS].numpy()[0]) & rated
+
+
+def test_demographics_reach_an_unknown_user(model):
+    base = _scores(model, "stranger", 0)[S.SCORES].numpy()
+    told = _scores(model, "stranger", 0, user_age=tf.constant([25], tf.int64),
+                   user_gender=tf.constant(["F"]), user_occupation=tf.constant(["writer"]),
+                   user_zip=tf.constant(["55105"]))[S.SCORES].numpy()
+    assert not np.allclose(base, told)
+
+
+def test_rate_and_serving_default_read_the_request_history(model, synth_data):
+    mine = _user_ratings(synth_data, "1")
+    movies = [_movie_id(synth_data, m) for m in mine["movie"]]
+    target = _movie_id(synth_data, 0)
+    when = int(mine["timestamp"].max()) + 10
+    rate = lambda **h: float(saved_model.call(  # noqa: E731
+        model, S.RATE, user_id=tf.constant(["stranger"]), movie_id=tf.constant([target]),
+        timestamp=tf.constant([when], tf.int64), **h)[S.RATING].numpy()[0])
+    high = rate(**_history(movies, [5.0] * len(movies), mine["timestamp"]))
+    low = rate(**_history(movies, [1.0] * len(movies), mine["timestamp"]))
+    assert high > low  # a user who loves everything rates higher
+    from components.movielens_example_gen.executor import ExampleEncoder  # noqa: F401
+    example = tf.train.Example()
+    f = example.features.feature
+    f[F.USER_ID].bytes_list.value.append(b"stranger")
+    f[F.TIMESTAMP].int64_list.value.append(when)
+    movie = synth_data.movies[0]
+    f[F.MOVIE_ID].bytes_list.value.append(movie.movie_id.encode())
+    f[F.MOVIE_TITLE].bytes_list.value.append(movie.title.encode())
+    f[F.MOVIE_GENRES].bytes_list.value.extend(g.encode() for g in movie.genres)
+    f[F.MOVIE_YEAR].int64_list.value.append(movie.release_year)
+    f[F.USER_AGE].int64_list.value.append(0)
+    for key in (F.USER_GENDER, F.USER_OCCUPATION, F.USER_ZIP):
+        f[key].bytes_list.value.append(b"")
+    f[F.HISTORY_MOVIE_IDS].bytes_list.value.extend(m.encode() for m in movies)
+    f[F.HISTORY_RATINGS].float_list.value.extend([5.0] * len(movies))
+    f[F.HISTORY_TIMESTAMPS].int64_list.value.extend(int(t) for t in mine["timestamp"])
+    through_example = float(model.signatures[S.SERVING_DEFAULT](
+        examples=tf.constant([example.SerializeToString()]))[S.RATING].numpy()[0])
+    assert through_example == pytest.approx(high, abs=1e-4)
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_rated(trained_model, synth_data):
+    path, _ = trained_model
+    first = synth_data.movies[0].movie_id
+    ok = _cli("recommend", "--model", str(path), "--user", "stranger", "--rated",
+              f"{first}:5", "--json")
+    assert ok.returncode == 0, ok.stderr
+    import json
+
+    shown = json.loads(ok.stdout)
+    assert first not in [r["movie_id"] for r in shown["recommendations"]]
+    for bad, says in ((f"{first}:9", "outside"), ("nope:4", "not in the model's catalog"),
+                      (f"{first}-4", "is not movie:rating")):
+        out = _cli("recommend", "--model", str(path), "--user", "1", "--rated", bad)
+        assert out.returncode == 2, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and says in lines[0], out.stderr
