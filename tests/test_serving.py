@@ -196,6 +196,32 @@ def test_recommend_row_and_columnar(server, loaded):
         200, cols)
 
 
+def test_ragged_histories_are_padded_row_and_columnar(server, loaded):
+    """Instances with histories of different lengths (row format) and a columnar request
+    with ragged lists answer as the model does for each history padded with ""."""
+    histories = [(["1"], [5.0], [880000000]), (["2", "3", "4"], [1.0, 4.0, 5.0],
+                                               [880000000, 880000100, 880000200])]
+    expected = []
+    for ids, ratings, stamps in histories:
+        out = saved_model.call(loaded, "recommend", user_id=tf.constant(["stranger"]),
+                               history_movie_ids=tf.constant([ids]),
+                               history_ratings=tf.constant([ratings]),
+                               history_timestamps=tf.constant([stamps], tf.int64))
+        expected.append([m.decode() for m in out["movie_ids"].numpy()[0]])
+    rows = [{"user_id": "stranger", "history_movie_ids": i, "history_ratings": r,
+             "history_timestamps": t} for i, r, t in histories]
+    status, body = server.predict({"signature_name": "recommend", "instances": rows})
+    assert status == 200, body
+    assert [p["movie_ids"] for p in body["predictions"]] == expected
+    columns = {"user_id": ["stranger", "stranger"],
+               "history_movie_ids": [h[0] for h in histories],
+               "history_ratings": [h[1] for h in histories],
+               "history_timestamps": [h[2] for h in histories]}
+    status, body = server.predict({"signature_name": "recommend", "inputs": columns})
+    assert status == 200, body
+    assert body["outputs"]["movie_ids"] == expected
+
+
 def test_recommend_at_and_rate(server, loaded):
     user = KNOWN_USER
     status, body = server.predict({"signature_name": "recommend_at", "instances": [
@@ -333,6 +359,19 @@ BAD_REQUESTS = [
      "expected an integer"),
     ("signature_name not a string", {"signature_name": 3, "instances": ["1"]},
      "must be a string"),
+    ("history lists differ in length", {"signature_name": "recommend", "instances": [
+        {"user_id": "1", "history_movie_ids": ["1", "2"], "history_ratings": [5.0],
+         "history_timestamps": [1, 2]}]}, "history lists differ in length"),
+    ("history of an unknown movie", {"signature_name": "recommend", "instances": [
+        {"user_id": "1", "history_movie_ids": ["no-such"], "history_ratings": [4.0],
+         "history_timestamps": [1]}]}, "history_movie_ids[0][0]: unknown movie 'no-such'"),
+    ("history rating out of range", {"signature_name": "rate", "inputs": {
+        "user_id": ["1"], "movie_id": ["1"], "history_movie_ids": [["1"]],
+        "history_ratings": [[9.0]], "history_timestamps": [[1]]}},
+     "history_ratings[0][0]: rating 9 outside 0.5..5"),
+    ("history too long", {"signature_name": "recommend", "instances": [
+        {"user_id": "1", "history_movie_ids": ["1"] * 1001, "history_ratings": [4.0] * 1001,
+         "history_timestamps": [1] * 1001}]}, "at most 1000"),
 ]
 
 

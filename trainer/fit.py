@@ -14,6 +14,7 @@ from trainer import distribution
 from trainer import features as F
 from trainer.data import READ_BATCH, Ratings, training_dataset
 from trainer.history import CausalHistory
+from trainer.neighborhood import similar_movies
 from trainer.model import HParams, MovieRecModel, Vocab, user_history
 
 VAL_OBJECTIVE = "val_objective"
@@ -70,8 +71,16 @@ def build_model(train: Ratings, vocab: Vocab, hp: HParams):
     raters = user_history(train[F.MOVIE_ID_XF], train[F.USER_ID_XF], train[F.TIMESTAMP_S_XF],
                           train[F.RATING_XF], vocab.sizes[F.MOVIE_ID_XF],
                           hp.rater_history_len) if hp.rater_history_len else None
+    neighbors = None
+    if hp.rating_tower == "history" and hp.history_neighbors > 0:
+        neighbors = similar_movies(train[F.USER_ID_XF], train[F.MOVIE_ID_XF],
+                                   train[F.RATING_XF], vocab.sizes[F.MOVIE_ID_XF],
+                                   hp.history_neighbors)
     model = MovieRecModel(vocab, hp, movie_log_prob=log_prob, mean_rating=mean,
-                          history=history, raters=raters, candidates=candidates)
+                          history=history, raters=raters, candidates=candidates,
+                          neighbors=neighbors,
+                          rating_range=(float(np.min(train[F.RATING_XF])),
+                                        float(np.max(train[F.RATING_XF]))))
     # one step per global batch, however many replicas share it
     steps_per_epoch = -(-len(train) // hp.batch_size)
     model.compile(optimizer=hp.make_optimizer(

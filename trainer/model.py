@@ -39,8 +39,10 @@ class HParams:
     # "history": the asymmetric factor model of trainer/asymmetric.py, the user's biases
     # and factors read from their history (rates users never seen as well).
     rating_tower: str = "history"
-    # Factors of the "history" rating head.
+    # Factors of the "history" rating head, and the most similar movies of each movie its
+    # item-kNN term reads (0: no kNN term).
     rating_dim: int = 32
+    history_neighbors: int = 30
     dropout: float = 0.3
     # Independent rating heads averaged (an ensemble inside the model; "separate" only).
     rating_heads: int = 1
@@ -235,11 +237,17 @@ class RatingModel(tf.keras.layers.Layer):
     errors on the training ratings after training (trainer/fit.py's fit_neighborhood).
     It is never part of the loss."""
 
-    def __init__(self, vocab: Vocab, hp: HParams, mean_rating: float, raters=None):
+    def __init__(self, vocab: Vocab, hp: HParams, mean_rating: float, raters=None,
+                 neighbors=None, rating_range=None):
+        """rating_range: (lowest, highest) training rating, the range predictions are
+        clipped to outside training (None: not clipped)."""
         super().__init__(name="rating_model")
+        self.rating_range = (None if rating_range is None
+                             else tuple(float(r) for r in rating_range))
         count = hp.rating_heads if hp.rating_tower != "shared" else 1
         if hp.rating_tower == "history":
-            self.heads = [HistoryRatingHead(vocab, hp, mean_rating, name=f"rating_head_{i}")
+            self.heads = [HistoryRatingHead(vocab, hp, mean_rating, neighbors=neighbors,
+                                            name=f"rating_head_{i}")
                           for i in range(count)]
         else:
             self.heads = [RatingHead(vocab, hp, mean_rating, raters, name=f"rating_head_{i}")
@@ -258,6 +266,8 @@ class RatingModel(tf.keras.layers.Layer):
                                     training=training)
         if not training and self.neighborhood is not None and self.neighborhood.fitted:
             rating += self.neighborhood(features)
+        if not training and self.rating_range is not None:  # as a rating can be
+            rating = tf.clip_by_value(rating, *self.rating_range)
         return rating
 
 
@@ -266,13 +276,15 @@ class MovieRecModel(tfrs.Model):
     that carry their user's history before their time (trainer/history.py)."""
 
     def __init__(self, vocab: Vocab, hp: HParams, movie_log_prob=None, mean_rating=3.5,
-                 history=None, raters=None, candidates=None):
+                 history=None, raters=None, candidates=None, neighbors=None,
+                 rating_range=None):
         """history: user_history(...) of the training ratings (None: empty tables), which
         the model stores for serving (`stored_history`: the users' latest ratings);
         raters: the same per movie, users and movies swapped; candidates: the transformed
         movie-level features of every training movie (F.MOVIE_ID_XF and F.MOVIE_LEVEL_XF
         arrays), the full softmax's negatives (None, or more than hp.full_softmax_max
-        movies: in-batch negatives)."""
+        movies: in-batch negatives); neighbors: each movie's most similar movies for the
+        history rating head's kNN term (trainer/asymmetric.py; None: none)."""
         super().__init__()
         self.hp = hp
         self.mean_rating = float(mean_rating)
@@ -288,7 +300,8 @@ class MovieRecModel(tfrs.Model):
         self.movie_vocab_size = vocab.sizes[F.MOVIE_ID_XF]
         self.query_tower = query_tower(vocab, hp)
         self.candidate_tower = candidate_tower(vocab, hp)
-        self.rating_model = RatingModel(vocab, hp, mean_rating, raters=raters)
+        self.rating_model = RatingModel(vocab, hp, mean_rating, raters=raters,
+                                        neighbors=neighbors, rating_range=rating_range)
         self._candidates = None
         if candidates is not None and 0 < len(candidates[F.MOVIE_ID_XF]) <= hp.full_softmax_max:
             ids = np.asarray(candidates[F.MOVIE_ID_XF], dtype=np.int64)
