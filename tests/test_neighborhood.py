@@ -78,7 +78,12 @@ def test_correction_is_the_weighted_sum_of_both_terms():
     assert both == pytest.approx(0.5 * knn + 2.0 * session, rel=1e-5)
     assert knn != 0.0 and session != 0.0
     no_time = {k: v for k, v in features.items() if k != F.TIMESTAMP_S_XF}
-    assert float(_layer(0.5, 2.0)(no_time)[0]) == pytest.approx(0.5 * knn, rel=1e-5)
+    every = float(_layer(1.0, 0.0)(no_time)[0])  # no time: every training rating counts
+    assert float(_layer(0.5, 2.0)(no_time)[0]) == pytest.approx(0.5 * every, rel=1e-5)
+    # the kNN term reads only ratings before the example's time: far in the future, all
+    late = dict(features, **{F.TIMESTAMP_S_XF: tf.constant([1e9])})
+    assert float(_layer(1.0, 0.0)(late)[0]) == pytest.approx(every, rel=1e-5)
+    assert knn != pytest.approx(every)  # at t = 250 a later rating was left out
 
 
 def test_empty_training_data_gives_no_correction():

@@ -8,13 +8,15 @@ movie i by user u at time t then adds
 
     knn_weight     * sum_j s_ij e_uj / (sum_j s_ij + KNN_SHRINK)
                      over the `neighbors` movies j most similar to i that u rated in training
+                     before t
     session_weight * sum_j w_j e_uj / (sum_j w_j + SESSION_SHRINK),  w_j = exp(-(t - t_j) / tau)
                      over u's latest SESSION_WINDOW training ratings at or before t
 
 s_ij is the shrunk Pearson correlation of the two movies' baseline residuals (ratings minus
 global mean, user and movie biases) over their common raters, kept when positive. Only
-ratings at or before t count in the session term, so a prediction uses nothing a live
-request would not know; the rated movie's own rating never counts.
+ratings before t count in the kNN term, and at or before t in the session term, so a
+prediction uses nothing a live request would not know; the rated movie's own rating never
+counts.
 """
 
 from __future__ import annotations
@@ -134,7 +136,8 @@ class ResidualNeighborhood(tf.keras.layers.Layer):
         movies = np.asarray(movies, dtype=np.int64)
         times = np.asarray(times, dtype=np.float32)
         residuals = np.asarray(residuals, dtype=np.float32)
-        pair_keys, pair_residuals = _sorted_log(users * _USER_SHIFT + movies, residuals)
+        pair_keys, pair_residuals, pair_seconds = _sorted_log(users * _USER_SHIFT + movies,
+                                                              residuals, times)
         time_keys, time_movies, time_seconds, time_residuals = _sorted_log(
             users * _USER_SHIFT + np.floor(times).astype(np.int64), movies, times, residuals)
 
@@ -143,6 +146,7 @@ class ResidualNeighborhood(tf.keras.layers.Layer):
 
         self._pair_keys = variable(pair_keys, tf.int64, "pair_keys")
         self._pair_residuals = variable(pair_residuals, tf.float32, "pair_residuals")
+        self._pair_seconds = variable(pair_seconds, tf.float32, "pair_seconds")
         self._time_keys = variable(time_keys, tf.int64, "time_keys")
         self._time_movies = variable(time_movies, tf.int32, "time_movies")
         self._time_seconds = variable(time_seconds, tf.float32, "time_seconds")
@@ -160,7 +164,9 @@ class ResidualNeighborhood(tf.keras.layers.Layer):
         value = tf.where(found, tf.gather(values, rows), 0.0)
         return tf.reshape(value, tf.shape(keys)), tf.reshape(found, tf.shape(keys))
 
-    def knn(self, users, movies):
+    def knn(self, users, movies, seconds=None):
+        """The kNN term; with `seconds` ([batch], the examples' times), only the user's
+        ratings strictly before it count (a request never reads a later rating)."""
         rows = tf.clip_by_value(movies, 0, tf.shape(self._neighbors, out_type=tf.int64)[0] - 1)
         inside = movies < tf.shape(self._neighbors, out_type=tf.int64)[0]
         neighbors = tf.gather(self._neighbors, rows)  # [batch, k]
@@ -168,6 +174,10 @@ class ResidualNeighborhood(tf.keras.layers.Layer):
             (neighbors >= 0) & inside[:, None], tf.float32)
         residual, rated = self._lookup(users[:, None] * _USER_SHIFT + neighbors,
                                        self._pair_keys, self._pair_residuals)
+        if seconds is not None:
+            when, _ = self._lookup(users[:, None] * _USER_SHIFT + neighbors,
+                                   self._pair_keys, self._pair_seconds)
+            rated &= when < seconds[:, None]
         similarity *= tf.cast(rated, tf.float32)
         return (tf.reduce_sum(similarity * residual, axis=1)
                 / (tf.reduce_sum(similarity, axis=1) + KNN_SHRINK))
@@ -192,8 +202,9 @@ class ResidualNeighborhood(tf.keras.layers.Layer):
             return tf.zeros_like(tf.reshape(features[F.USER_ID_XF], [-1]), tf.float32)
         users = tf.cast(tf.reshape(features[F.USER_ID_XF], [-1]), tf.int64)
         movies = tf.cast(tf.reshape(features[F.MOVIE_ID_XF], [-1]), tf.int64)
-        correction = self._knn_weight * self.knn(users, movies)
-        if F.TIMESTAMP_S_XF in features and self._session_weight:
-            seconds = tf.reshape(tf.cast(features[F.TIMESTAMP_S_XF], tf.float32), [-1])
+        seconds = (tf.reshape(tf.cast(features[F.TIMESTAMP_S_XF], tf.float32), [-1])
+                   if F.TIMESTAMP_S_XF in features else None)
+        correction = self._knn_weight * self.knn(users, movies, seconds)
+        if seconds is not None and self._session_weight:
             correction += self._session_weight * self.session(users, movies, seconds)
         return correction
