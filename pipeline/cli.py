@@ -408,6 +408,21 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_catalog_add(args) -> int:
+    """New movies in the served model without retraining (serving/catalog.py): the movie
+    file read by the pipeline's reader, the movies added as a new version."""
+    from components.movielens_example_gen import movielens
+    from serving import catalog
+
+    movies = movielens.read_movie_file(args.movies, args.layout)  # DataError: one line
+    result = catalog.add(args.model_base, movies, model_name=args.model_name)
+    added = result["added"]
+    print(f"added {len(added)} {'movie' if len(added) == 1 else 'movies'} "
+          f"({catalog.named(added)}) to version {result['from_version']}: version "
+          f"{result['version']} ({result['catalog_size']} movies) at {result['path']}")
+    return 0
+
+
 def _add_run_arguments(run) -> None:
     from pipeline import options
 
@@ -492,6 +507,28 @@ def build_parser() -> argparse.ArgumentParser:
                           "removed), as the pipeline measures a time split")
     evaluate.add_argument("--json", action="store_true", help="one JSON object")
     evaluate.set_defaults(func=cmd_evaluate)
+    catalog = sub.add_parser("catalog", help="change the served model's catalog",
+                             description="Changes the catalog of the newest version under "
+                             "a serving base, as a new version, without retraining.")
+    catalog_sub = catalog.add_subparsers(dest="catalog_command", required=True)
+    add = catalog_sub.add_parser(
+        "add", help="new movies, embedded from their features, as a new version",
+        description="Adds the movies of a MovieLens movie file (u.item, movies.dat or "
+        "movies.csv) to the catalog of the newest version under MODEL_BASE/MODEL_NAME and "
+        "writes the result as a new version (the newest + 1): each movie is embedded from "
+        "its title, genres and year through the model's candidate tower, the existing "
+        "movies keep their embeddings, and `movierec serve` picks the version up. A movie "
+        "id already in the catalog is an error; nothing is written then.")
+    add.add_argument("--model-base", default="output/serving",
+                     help="the serving base: versions are MODEL_BASE/MODEL_NAME/<int>/ "
+                     "(default: output/serving; a local directory)")
+    add.add_argument("--movies", required=True, metavar="FILE",
+                     help="the new movies, in a MovieLens movie file's format")
+    add.add_argument("--layout", choices=("ml-100k", "ml-1m", "ml-latest"),
+                     help="the file's layout (default: told by its name: u.item, "
+                     "movies.dat, movies.csv)")
+    add.add_argument("--model-name", default="movierec")
+    add.set_defaults(func=cmd_catalog_add)
 
     import importlib
 

@@ -23,6 +23,14 @@ user the model never saw is answered from their history and demographics
 (known_user=False). `recommend` leaves out the movies of the merged history;
 `recommend_at` does where exclude_rated is true.
 
+The catalog can grow after training (`movierec catalog add`, serving/catalog.py): its
+state (movie_ids, movie_titles, candidate_embeddings, the movies' genres and years, the
+id -> row table) is held in Variables of unknown first dimension and a MutableHashTable,
+and the module's `add_movies` (a function, not a signature) appends movies, each embedded
+from its features through the candidate tower (`embed_movies`), to a loaded model, which
+is then saved again. The retrieval index covers the movies exported with the model (the
+first `indexed` rows); rows added later are scored exactly and merged with its candidates.
+
 `rate` and `serving_default` rate through the rating model (the residual neighbourhood
 included when it is on: the module's `residual_neighborhood`, the rating model's layer).
 The training object (with its loss tasks) is not saved, only this module: TFRS's
@@ -73,6 +81,14 @@ def _string_matrix(rows, width):
     return out
 
 
+# add_movies / embed_movies: raw movie features, a movie per row (genres padded with "")
+_MOVIE_SPECS = [
+    tf.TensorSpec([None], tf.string, name=F.MOVIE_ID),
+    tf.TensorSpec([None], tf.string, name=F.MOVIE_TITLE),
+    tf.TensorSpec([None, None], tf.string, name=F.MOVIE_GENRES),
+    tf.TensorSpec([None], tf.int64, name=F.MOVIE_YEAR),
+]
+
 _CONTEXT_SPECS = [
     tf.TensorSpec([None, None], tf.string, name=S.HISTORY_MOVIE_IDS),
     tf.TensorSpec([None, None], tf.float32, name=S.HISTORY_RATINGS),
@@ -106,36 +122,43 @@ class MovieRecExport(tf.Module):
 
         # --- the catalog ---
         n = len(catalog[F.MOVIE_ID])
-        # Variables, so that a loaded model has them as attributes (movie_ids, movie_titles).
+        # Variables, so that a loaded model has them as attributes (movie_ids, movie_titles),
+        # of unknown first dimension, so that add_movies can grow them in a loaded model.
         ids = np.asarray(catalog[F.MOVIE_ID], dtype=object)
-        self.movie_ids = tf.Variable(ids, trainable=False, name=S.MOVIE_IDS)
-        self.movie_titles = tf.Variable(np.asarray(catalog[F.MOVIE_TITLE], dtype=object),
-                                        trainable=False, name=S.MOVIE_TITLES)
+        self.movie_ids = _catalog_variable(ids, S.MOVIE_IDS)
+        self.movie_titles = _catalog_variable(
+            np.asarray(catalog[F.MOVIE_TITLE], dtype=object), S.MOVIE_TITLES)
         width = max((len(g) for g in catalog[F.MOVIE_GENRES]), default=1)
-        self._movie_genres = tf.constant(_string_matrix(catalog[F.MOVIE_GENRES], width))
-        self._movie_years = tf.constant(np.asarray(catalog[F.MOVIE_YEAR], dtype=np.int64))
-        self._movie_row = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(
-                tf.constant(ids), tf.range(n, dtype=tf.int64)), default_value=-1)
+        self._movie_genres = _catalog_variable(
+            _string_matrix(catalog[F.MOVIE_GENRES], width), "movie_genres",
+            shape=[None, None])  # "" pads; add_movies may widen it
+        self._movie_years = _catalog_variable(
+            np.asarray(catalog[F.MOVIE_YEAR], dtype=np.int64), "movie_years")
+        self._movie_row = tf.lookup.experimental.MutableHashTable(
+            tf.string, tf.int64, default_value=-1, name="movie_row")
+        self._movie_row.insert(tf.constant(ids, tf.string), tf.range(n, dtype=tf.int64))
         movie_xf = self._transform(self._raw_movies(tf.range(n, dtype=tf.int64)))
         embeddings = self.candidate_tower(movie_xf, training=False)
         # each catalog row's movie_id_xf, and the row of each movie_id_xf + 1 (a history
         # id) that is a training movie's (-1: none; movies outside the vocabulary share
         # the out-of-vocabulary id, so their rows are found by their raw ids instead)
         row_xf = movie_xf[F.MOVIE_ID_XF].numpy().reshape(-1).astype(np.int64)
-        self._row_xf = tf.constant(row_xf)
+        self._row_xf = _catalog_variable(row_xf, "row_xf")
         trained = np.asarray(popularity) > 0
         row_of = np.full(model.movie_vocab_size + 1, -1, dtype=np.int64)
         row_of[row_xf[trained] + 1] = np.flatnonzero(trained)
         self._row_of_history_id = tf.constant(row_of)
-        self._n = n
         # enough candidates to fill k after leaving out a history of history_len movies
-        self._top = min(MAX_K + history_len, n)
-        self._k_max = min(MAX_K, n)  # tiny catalogs have fewer than MAX_K movies
+        self._candidates = MAX_K + history_len
+        # the index holds the first `indexed` catalog rows (the movies exported with the
+        # model); rows add_movies appends are scored exactly (_retrieve)
+        self.indexed = n
+        self._index_top = min(self._candidates, n)
         self.index_kind = index
-        self.index = make_index(index, embeddings, np.arange(n), self._top)
-        self.candidate_embeddings = tf.Variable(embeddings, trainable=False,
-                                                name="candidate_embeddings")
+        self.index = make_index(index, embeddings, np.arange(n), self._index_top)
+        self.candidate_embeddings = _catalog_variable(embeddings.numpy(),
+                                                      "candidate_embeddings",
+                                                      shape=[None, embeddings.shape[1]])
 
         # --- users' side features, looked up by id so a request needs only the id ---
         self._user_columns = {
@@ -149,6 +172,15 @@ class MovieRecExport(tf.Module):
 
     def _transform(self, raw):
         return self.tft_layer(F.as_tft_inputs(raw))
+
+    def _rows_of(self, movie_ids):
+        """The catalog row of each movie id (-1: not in the catalog), shaped as the ids (a
+        MutableHashTable's lookup has no static shape)."""
+        return tf.reshape(self._movie_row.lookup(movie_ids), tf.shape(movie_ids))
+
+    def _size(self):
+        """The number of catalog movies (it grows with add_movies)."""
+        return tf.shape(self.movie_ids, out_type=tf.int64)[0]
 
     # ----------------------------------------------------------------- raw feature lookups
     def _raw_movies(self, rows):
@@ -185,7 +217,7 @@ class MovieRecExport(tf.Module):
     def _request_history(self, movie_ids, ratings, timestamps):
         """A request's history as the towers read it (movies not in the catalog, and ""
         padding, left out), and the catalog rows it names ([batch, L], -1: none)."""
-        rows = self._movie_row.lookup(movie_ids)
+        rows = self._rows_of(movie_ids)
         named = rows >= 0
         ids = tf.where(named, tf.gather(self._row_xf, tf.maximum(rows, 0)) + 1, 0)
         return {F.HISTORY_IDS_XF: tf.cast(ids, tf.int32),
@@ -225,14 +257,29 @@ class MovieRecExport(tf.Module):
         rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(seen, out_type=tf.int64))
         valid = seen >= 0
         at = tf.stack([tf.boolean_mask(rows, valid), tf.boolean_mask(seen, valid)], axis=1)
-        hits = tf.scatter_nd(at, tf.ones(tf.shape(at)[:1]), tf.stack([batch, self._n]))
+        hits = tf.scatter_nd(at, tf.ones(tf.shape(at)[:1]), tf.stack([batch, self._size()]))
         return hits > 0
+
+    def _retrieve(self, query, top):
+        """(scores, catalog rows) [batch, top] of the best `top` movies for each query, in
+        descending order: the index's candidates over the rows it holds, merged with the
+        exact scores of the rows added after the export (none: the index's alone)."""
+        scores, rows = self.index(query, k=self._index_top)
+        added = tf.matmul(query, self.candidate_embeddings[self.indexed:], transpose_b=True)
+        added_scores, added_rows = tf.math.top_k(
+            added, k=tf.minimum(top, tf.shape(added)[1]))
+        scores = tf.concat([scores, added_scores], axis=1)
+        rows = tf.concat([tf.cast(rows, tf.int64),
+                          tf.cast(added_rows, tf.int64) + self.indexed], axis=1)
+        scores, order = tf.math.top_k(scores, k=top)  # stable: ties keep the index's order
+        return scores, tf.gather(rows, order, batch_dims=1)
 
     # ----------------------------------------------------------------------- signatures
     def _recommend(self, user_id, timestamp, k, exclude, context):
-        k = tf.clip_by_value(k, 1, self._k_max)
+        n = tf.cast(self._size(), tf.int32)
+        k = tf.clip_by_value(k, 1, tf.minimum(MAX_K, n))  # tiny catalogs: fewer than MAX_K
         query, known, seen = self._scores(user_id, self._now_if_unset(timestamp), context)
-        scores, rows = self.index(query, k=self._top)
+        scores, rows = self._retrieve(query, tf.minimum(self._candidates, n))
         excluded = tf.gather(self._seen_mask(seen), rows, batch_dims=1) & exclude[:, None]
         scores = tf.where(excluded, tf.fill(tf.shape(scores), -np.inf), scores)
         # the best k that are left (the index's candidates are in descending order)
@@ -318,12 +365,64 @@ class MovieRecExport(tf.Module):
         """The rating `user_id` would give `movie_id` at `timestamp` (<= 0: now)."""
         context = self._context(history_movie_ids, history_ratings, history_timestamps,
                                 user_age, user_gender, user_occupation, user_zip)
-        row = self._movie_row.lookup(movie_id)
+        row = self._rows_of(movie_id)
         movie = self._raw_movies(tf.maximum(row, 0))
         movie[F.MOVIE_ID] = movie_id  # unknown movies keep their id (-> OOV embedding)
         xf, _, _ = self._query_features(user_id, self._now_if_unset(timestamp), context,
                                         movie=movie)
         return {S.RATING: self._rate(xf), S.KNOWN_MOVIE: row >= 0}
+
+
+    # ------------------------------------------------------------- growing the catalog
+    def _embed(self, movie_id, movie_title, movie_genres, movie_year):
+        raw = {F.MOVIE_ID: movie_id, F.MOVIE_TITLE: movie_title,
+               F.MOVIE_GENRES: tf.sparse.from_dense(movie_genres),  # drops the "" padding
+               F.MOVIE_YEAR: movie_year}
+        xf = self._transform(raw)
+        return self.candidate_tower(xf, training=False), xf[F.MOVIE_ID_XF]
+
+    @tf.function(input_signature=_MOVIE_SPECS)
+    def embed_movies(self, movie_id, movie_title, movie_genres, movie_year):
+        """Candidate embeddings [batch, dim] of movies given by their raw features (genres
+        [batch, G], "" padding): what add_movies appends. An id outside the Transform
+        vocabulary gets the out-of-vocabulary id's embedding, and the title tokens, genres
+        and year carry the movie."""
+        return self._embed(movie_id, movie_title, movie_genres, movie_year)[0]
+
+    @tf.function(input_signature=_MOVIE_SPECS)
+    def add_movies(self, movie_id, movie_title, movie_genres, movie_year):
+        """Appends movies to the catalog (ids not in it: the caller checks), each embedded
+        by embed_movies; the existing movies' rows and embeddings are left as they are.
+        Returns the new movies' catalog rows. Not a signature: `movierec catalog add`
+        calls it on a loaded model and saves the model again as a new version."""
+        embeddings, movie_id_xf = self._embed(movie_id, movie_title, movie_genres, movie_year)
+        n = self._size()
+        rows = n + tf.range(tf.shape(movie_id, out_type=tf.int64)[0])
+        width = tf.maximum(tf.shape(self._movie_genres)[1], tf.shape(movie_genres)[1])
+
+        def padded(genres):
+            return tf.pad(genres, [[0, 0], [0, width - tf.shape(genres)[1]]],
+                          constant_values="")
+
+        self._movie_genres.assign(tf.concat([padded(self._movie_genres),
+                                             padded(movie_genres)], axis=0))
+        self._movie_years.assign(tf.concat([self._movie_years, movie_year], axis=0))
+        self.movie_titles.assign(tf.concat([self.movie_titles, movie_title], axis=0))
+        self._row_xf.assign(tf.concat([self._row_xf,
+                                       tf.cast(tf.reshape(movie_id_xf, [-1]), tf.int64)], 0))
+        self.candidate_embeddings.assign(
+            tf.concat([self.candidate_embeddings, embeddings], axis=0))
+        self.movie_ids.assign(tf.concat([self.movie_ids, movie_id], axis=0))
+        self._movie_row.insert(movie_id, rows)
+        return rows  # after every assignment (tf.function orders the stateful ops)
+
+
+def _catalog_variable(value, name: str, shape=None):
+    """A non-trainable Variable of the catalog, its first dimension unknown (add_movies
+    assigns a longer value)."""
+    value = np.asarray(value)
+    shape = [None] + list(value.shape[1:]) if shape is None else shape
+    return tf.Variable(value, trainable=False, name=name, shape=tf.TensorShape(shape))
 
 
 def save(module: MovieRecExport, path: str):

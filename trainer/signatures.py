@@ -17,6 +17,10 @@ RECOMMEND_AT = "recommend_at"  # user_id, timestamp, k -> top-k movies
 RATE = "rate"  # user_id, movie_id, timestamp -> rating
 SCORE_CATALOG = "score_catalog"  # user_id, timestamp -> a score per catalog movie
 ALL = (SERVING_DEFAULT, RECOMMEND, RECOMMEND_AT, RATE, SCORE_CATALOG)
+# Functions of the module that are not signatures (not served): raw movie features
+# (movie_id, movie_title, movie_genres [batch, G] "" padded, movie_year) -> ...
+EMBED_MOVIES = "embed_movies"  # ... their candidate embeddings [batch, dim]
+ADD_MOVIES = "add_movies"  # ... appended to the catalog (`movierec catalog add`): their rows
 
 # --- inputs -------------------------------------------------------------------------------
 EXAMPLES = "examples"  # serving_default: serialized tf.Examples of raw features

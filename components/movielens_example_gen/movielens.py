@@ -647,8 +647,37 @@ def read_movies(data_dir: PathLike, layout: str | None = None) -> dict[str, Movi
     :class:`DataError`.
     """
     layout = _layout(layout, data_dir)
-    path = _existing(data_dir, _FILES[layout][1])
-    genres = _ml100k_genres(storage.path(data_dir)) if layout == "ml-100k" else ()
+    return _read_movie_file(_existing(data_dir, _FILES[layout][1]), layout)
+
+
+def movie_file_layout(path: PathLike) -> str | None:
+    """The layout whose movie file has the name of ``path`` (u.item: ml-100k, movies.dat:
+    ml-1m, movies.csv: ml-latest), or None."""
+    name = storage.path(path).name
+    return next((layout for layout in LAYOUTS if _FILES[layout][1] == name), None)
+
+
+def read_movie_file(path: PathLike, layout: str | None = None) -> dict[str, Movie]:
+    """The movies of one movie file of ``layout`` (None: told by the file's name, see
+    :func:`movie_file_layout`), as :func:`read_movies` reads a directory's: keyed by id,
+    in file order, the first entry of an id kept. An ml-100k file's genre flags follow the
+    u.genre next to it (the 19 standard genres without one)."""
+    file = storage.path(path)
+    if layout is None:
+        layout = movie_file_layout(file)
+        if layout is None:
+            names = ", ".join(f"{_FILES[name][1]} ({name})" for name in LAYOUTS)
+            raise DataError(f"cannot tell the layout of {file.name} from its name "
+                            f"(expected {names}): give the layout")
+    else:
+        layout = _layout(layout, file.parent)
+    if not file.is_file():
+        raise DataError(f"no such movie file: {file}")
+    return _read_movie_file(file, layout)
+
+
+def _read_movie_file(path, layout: str) -> dict[str, Movie]:
+    genres = _ml100k_genres(path.parent) if layout == "ml-100k" else ()
     separator = _CATALOG_SEPARATOR[layout]
     rows = _rows(path, separator)
     if layout == "ml-latest":
