@@ -14,7 +14,8 @@ biases, + the user bias of the request's history, + item-kNN on baseline residua
 request's history. With --movierec-model (a pushed serving dir, or one version), or
 --run-movierec (a `movierec run --split time` into --work-dir first; its trained model is
 scored even when the blessing refused it), also movierec through its exported
-`score_catalog` and `serving_default` signatures, which take no request history today.
+`score_catalog` and `serving_default` signatures, each request given its history (and the
+user's demographics) as the signatures' context inputs.
 Any layout `movierec run` reads works with --data-dir. Prints a markdown table; writes
 replay.json into --work-dir. Wall time per row: fitting and scoring every request.
 """
@@ -179,7 +180,7 @@ def main(argv=None) -> dict:
         setup["movierec_run_s"] = pipeline_metrics["wall_s"]
     if model_dir:
         scorer, path = movierec_scorer(model_dir, args.data_dir, layout, catalog)
-        rows.append(measure("movierec (no request history)", lambda: scorer, requests,
+        rows.append(measure("movierec (request history)", lambda: scorer, requests,
                             args.batch_size))
         setup["movierec_model"] = path
 
