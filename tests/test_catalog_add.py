@@ -138,6 +138,7 @@ def test_add_writes_a_new_version_with_the_new_movies(capsys, base, server, new_
     assert NEW_FAN in top  # the user's top-100 (the whole catalog here: 82 movies)
     assert len(top) == len(ids) and len(set(top)) == len(top)
     assert top.index(NEW_FAN) < top.index(NEW_OTHER)  # their genres, ahead of the others'
+    assert top.index(NEW_FAN) < len(top) // 2  # in the top half of the whole catalog
     old_top, old_scores = _recommend(old, user)
     kept = [m for m in top if m not in (NEW_FAN, NEW_OTHER)]
     assert kept == old_top  # the old movies keep their order and scores
