@@ -159,7 +159,8 @@ def test_status_and_metadata(server):
     assert rec["method_name"] == "tensorflow/serving/predict"
     assert rec["inputs"]["user_id"]["dtype"] == "DT_STRING"
     assert rec["inputs"]["user_id"]["tensor_shape"]["dim"] == [{"size": "-1", "name": ""}]
-    assert set(rec["outputs"]) == {"movie_ids", "movie_titles", "scores", "known_user"}
+    assert set(rec["outputs"]) == {"movie_ids", "movie_titles", "scores", "because",
+                                   "known_user"}
     assert sigs["recommend_at"]["inputs"]["k"]["dtype"] == "DT_INT64"
     assert set(sigs["serving_default"]["inputs"]) == {"examples"}
     assert server.get("/v1/models/movierec/versions/1/metadata") == (200, meta)
@@ -175,7 +176,8 @@ def test_recommend_row_and_columnar(server, loaded):
                                    "instances": [user, "nobody"]})
     assert status == 200, body
     first, second = body["predictions"]
-    assert set(first) == {"movie_ids", "movie_titles", "scores", "known_user"}
+    assert set(first) == {"movie_ids", "movie_titles", "scores", "because", "known_user"}
+    assert first["because"] == [b.decode() for b in expected["because"].numpy()[0]]
     assert first["movie_ids"] == ids[0] and second["movie_ids"] == ids[1]
     assert first["known_user"] is True and second["known_user"] is False
     assert all(isinstance(t, str) and t for t in first["movie_titles"])
@@ -430,6 +432,10 @@ def test_recommend_command(capsys, tmp_path, model_dir, loaded, cached_loads):
     assert answer["model"] == str(base / "1")
     assert [r["movie_id"] for r in answer["recommendations"]] == [
         m.decode() for m in expected["movie_ids"].numpy()[0][:5]]
+    # a known user's history explains each one
+    assert [r["because"] for r in answer["recommendations"]] == [
+        m.decode() for m in expected["because"].numpy()[0][:5]]
+    assert all(r["because"] for r in answer["recommendations"])
 
     rc, out, _ = _cli(capsys, "recommend", "--model", str(model_dir), "--user", "1")
     assert rc == 0 and "top 10 movies for user 1" in out
