@@ -290,6 +290,79 @@ def test_concurrent_requests_are_batched_without_mixing_errors(server, loaded,
             assert status == 200 and body["predictions"][0]["movie_ids"] == ids[i]
 
 
+def _history_feeds(user: str, movies: list, stamp: int = 880_000_000) -> dict:
+    return {"user_id": np.array([user.encode()], dtype=object),
+            "history_movie_ids": np.array([[m.encode() for m in movies]], dtype=object
+                                          ).reshape(1, -1),
+            "history_ratings": np.array([[5.0 - i % 4 for i in range(len(movies))]],
+                                        np.float32).reshape(1, -1),
+            "history_timestamps": np.array([[stamp + i for i in range(len(movies))]],
+                                           np.int64).reshape(1, -1)}
+
+
+def test_requests_with_histories_of_any_width_batch_together(loaded, synth_data):
+    """recommend's histories ([batch, L], any L) are padded to the batch's widest: the
+    requests share a batch key and each gets what it gets alone."""
+    from serving.model import Signature
+
+    signature = Signature("recommend", loaded.signatures["recommend"], {})
+    assert signature.batchable
+    assert set(signature.paddable) == {"history_movie_ids", "history_ratings",
+                                       "history_timestamps"}
+    movies = [m.movie_id for m in synth_data.movies]
+    requests = [_history_feeds("stranger", movies[:3]), _history_feeds(KNOWN_USER, []),
+                _history_feeds("nobody", movies[10:40]), _history_feeds(KNOWN_USER, movies[5:6])]
+    for f in requests:  # the other inputs, as the server fills them
+        for name, spec in signature.inputs.items():
+            if name not in f:
+                f[name] = np.full([1], b"" if spec.dtype == tf.string else 0,
+                                  dtype=object if spec.dtype == tf.string
+                                  else spec.dtype.as_numpy_dtype)
+    assert len({signature.batch_key(f) for f in requests}) == 1
+    together = signature.call_batch(requests)
+    for f, got in zip(requests, together):
+        assert not isinstance(got, Exception), got
+        alone = signature.call(f)
+        assert set(got) == set(alone)
+        for name in ("movie_ids", "because", "known_user"):
+            np.testing.assert_array_equal(got[name], alone[name], err_msg=name)
+        np.testing.assert_allclose(got["scores"], alone["scores"], rtol=1e-5, atol=1e-6)
+    # recommend_at's outputs follow the batch's largest k: never batched
+    assert Signature("recommend_at", loaded.signatures["recommend_at"], {}).batch_key(
+        requests[0]) is None
+
+
+def test_concurrent_requests_with_histories_get_their_own_answers(server, loaded,
+                                                                  synth_data):
+    movies = [m.movie_id for m in synth_data.movies]
+    asks = [(KNOWN_USER if i % 3 == 0 else f"guest{i}", movies[i:i + 2 * i]) for i in range(16)]
+    expected = []
+    for user, history in asks:
+        feeds = _history_feeds(user, history)
+        out = saved_model.call(loaded, "recommend", **feeds)
+        expected.append(([m.decode() for m in out["movie_ids"].numpy()[0]],
+                         [m.decode() for m in out["because"].numpy()[0]]))
+    results = {}
+
+    def call(i):
+        user, history = asks[i]
+        feeds = _history_feeds(user, history)
+        instance = {"user_id": user, **{k: v[0].tolist() for k, v in feeds.items()
+                                        if k != "user_id"}}
+        instance["history_movie_ids"] = [m.decode() for m in instance["history_movie_ids"]]
+        results[i] = server.predict({"signature_name": "recommend", "instances": [instance]})
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(asks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, (status, body) in sorted(results.items()):
+        assert status == 200, body
+        answer = body["predictions"][0]
+        assert (answer["movie_ids"], answer["because"]) == expected[i], i
+
+
 # --------------------------------------------------------------------------- bad requests
 BAD_REQUESTS = [
     ("bad JSON", b'{"instances": [', "invalid JSON"),
@@ -335,6 +408,24 @@ BAD_REQUESTS = [
      "expected an integer"),
     ("signature_name not a string", {"signature_name": 3, "instances": ["1"]},
      "must be a string"),
+    ("history: unknown movie", {"signature_name": "recommend", "instances": [
+        {"user_id": "1", "history_movie_ids": ["1", "2"], "history_ratings": [4, 5],
+         "history_timestamps": [1, 2]},
+        {"user_id": "1", "history_movie_ids": ["3", "no-such-movie"],
+         "history_ratings": [4, 5], "history_timestamps": [1, 2]}]},
+     "history_movie_ids[1][1]: unknown movie 'no-such-movie'"),
+    ("history: rating outside the range", {"signature_name": "recommend", "instances": [
+        {"user_id": "1", "history_movie_ids": ["1", "2"], "history_ratings": [4, 7.5],
+         "history_timestamps": [1, 2]}]}, "history_ratings[0][1]: rating 7.5 outside"),
+    ("history: a bool for a rating", {"signature_name": "recommend", "instances": [
+        {"user_id": "1", "history_movie_ids": ["1", "2"], "history_ratings": [4.0, True],
+         "history_timestamps": [1, 2]}]}, "expected a number, got True"),
+    ("history: a string for a timestamp", {"signature_name": "recommend", "instances": [
+        {"user_id": "1", "history_movie_ids": ["1"], "history_ratings": [4],
+         "history_timestamps": ["1"]}]}, "expected an integer, got '1'"),
+    ("history: lists of different lengths", {"signature_name": "recommend", "instances": [
+        {"user_id": "1", "history_movie_ids": ["1", "2"], "history_ratings": [4],
+         "history_timestamps": [1, 2]}]}, "differ in length"),
 ]
 
 
