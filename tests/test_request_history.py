@@ -186,6 +186,26 @@ def test_known_users_history_is_left_out_of_recommend(model, example_files):
     assert not set(m.decode() for m in rec[S.MOVIE_IDS].numpy()[0]) & rated
 
 
+def test_recommend_at_is_the_catalog_ranking_without_the_history(model, example_files):
+    """recommend_at with exclude_rated: the best k of score_catalog's scores at the same
+    time once the merged history's movies are out (a request history for a stranger, the
+    stored one for user 2)."""
+    ids = np.array([m.decode() for m in model.movie_ids.numpy()])
+    given, stored = _train_ratings(example_files, "1"), _train_ratings(example_files, "2")
+    asks = [("stranger", _history(*given), set(given[0])), ("2", {}, set(stored[0]))]
+    when = max(stored[2]) + 10  # the stored history: the ratings before the request
+    for user, history, rated in asks:
+        scores = _scores(model, user, when, **history)[S.SCORES].numpy()[0]
+        top = saved_model.call(model, S.RECOMMEND_AT, user_id=tf.constant([user]),
+                               timestamp=tf.constant([when], tf.int64),
+                               k=tf.constant([20], tf.int64),
+                               exclude_rated=tf.constant([True]), **history)
+        left = [i for i in np.argsort(-scores, kind="stable") if ids[i] not in rated]
+        assert [m.decode() for m in top[S.MOVIE_IDS].numpy()[0]] == list(ids[left[:20]])
+        np.testing.assert_allclose(top[S.SCORES].numpy()[0], scores[left[:20]], rtol=1e-5,
+                                   atol=1e-6)
+
+
 def test_demographics_reach_an_unknown_user(model):
     base = _scores(model, "stranger", 0)[S.SCORES].numpy()
     told = _scores(model, "stranger", 0, user_age=tf.constant([25], tf.int64),

@@ -265,19 +265,31 @@ class MovieRecExport(tf.Module):
 
     # ----------------------------------------------------------------------- signatures
     def _recommend(self, user_id, timestamp, k, exclude, context):
-        k = tf.clip_by_value(k, 1, self._k_max)
+        """k: a Python int (the outputs then have k columns in their static shape) or an
+        int32 scalar tensor."""
+        k = (min(max(k, 1), self._k_max) if isinstance(k, int)
+             else tf.clip_by_value(k, 1, self._k_max))
         query, known, seen, read = self._scores(user_id, self._now_if_unset(timestamp),
                                                 context)
-        scores, rows = self.index(query, k=self._top)
-        excluded = tf.gather(self._seen_mask(seen), rows, batch_dims=1) & exclude[:, None]
-        scores = tf.where(excluded, tf.fill(tf.shape(scores), -np.inf), scores)
-        # the best k that are left (the index's candidates are in descending order)
-        order = tf.argsort(tf.cast(excluded, tf.int32), axis=1, stable=True)[:, :k]
-        rows = tf.gather(rows, order, batch_dims=1)
+        if self.index_kind == "brute_force":
+            # exact: every catalog movie's score (the index's own product), the excluded
+            # ones at -inf, then the best k (one top-k of k, not of the index's _top)
+            scores = tf.matmul(query, self.candidate_embeddings, transpose_b=True)
+            excluded = self._seen_mask(seen) & exclude[:, None]
+            scores = tf.where(excluded, tf.fill(tf.shape(scores), -np.inf), scores)
+            scores, rows = tf.math.top_k(scores, k=k)
+        else:
+            scores, rows = self.index(query, k=self._top)
+            excluded = tf.gather(self._seen_mask(seen), rows, batch_dims=1) & exclude[:, None]
+            scores = tf.where(excluded, tf.fill(tf.shape(scores), -np.inf), scores)
+            # the best k that are left (the index's candidates are in descending order)
+            order = tf.argsort(tf.cast(excluded, tf.int32), axis=1, stable=True)[:, :k]
+            rows = tf.gather(rows, order, batch_dims=1)
+            scores = tf.gather(scores, order, batch_dims=1)
         return {
             S.MOVIE_IDS: tf.gather(self.movie_ids, rows),
             S.MOVIE_TITLES: tf.gather(self.movie_titles, rows),
-            S.SCORES: tf.gather(scores, order, batch_dims=1),
+            S.SCORES: scores,
             S.KNOWN_USER: known,
             S.BECAUSE: self._because(rows, read),
         }
@@ -294,8 +306,8 @@ class MovieRecExport(tf.Module):
         zeros = tf.zeros_like(user_id, dtype=tf.int64)
         context = self._context(history_movie_ids, history_ratings, history_timestamps,
                                 user_age, user_gender, user_occupation, user_zip)
-        return self._recommend(user_id, zeros, tf.constant(DEFAULT_K, tf.int32),
-                               tf.ones_like(user_id, dtype=tf.bool), context)
+        return self._recommend(user_id, zeros, DEFAULT_K, tf.ones_like(user_id, dtype=tf.bool),
+                               context)
 
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name=S.USER_ID),
