@@ -2,12 +2,16 @@
 
 Starts the server as a real subprocess on a loopback ephemeral port over --model-base,
 sends --requests requests (default 5,000) at each concurrency (default 1, 8 and 32) for
-`recommend` (one user per request) and `serving_default` (one b64 tf.Example per request),
-and prints p50/p95/p99 latency, throughput and errors, beside the in-process SavedModel call
-(the floor: the same signature called directly in this process, one request at a time).
+each request kind of --signatures: `recommend` (one user per request), `recommend_history`
+(`recommend` for one user with a request history of HISTORY_LEN ratings: random catalog
+movies rated 1..5 at increasing timestamps; every other user unknown to the model) and
+`serving_default` (one b64 tf.Example per request), and prints p50/p95/p99 latency,
+throughput and errors, beside the in-process SavedModel call (the floor: the same
+signature called directly in this process, one request at a time).
 
     .venv/bin/python benchmarks/serving_latency.py --model-base output/serving [--requests 1000]
-        [--concurrency 1,8,32] [--threads 4] [--json results.json]
+        [--concurrency 1,8,32] [--threads 4] [--signatures recommend,recommend_history]
+        [--json results.json]
 
 The load goes to 127.0.0.1 only, over persistent HTTP/1.1 connections (http.client, one per
 client thread), and stops by itself after the bounded number of requests.
@@ -139,8 +143,33 @@ def run_load(host, port, path, bodies, total, concurrency):
 
 
 # ------------------------------------------------------------------------ the request mix
+HISTORY_LEN = 200  # ratings per recommend_history request
+RECOMMEND_HISTORY = "recommend_history"  # a request kind: recommend with a history
+TARGETS = ("recommend", RECOMMEND_HISTORY)  # p50 <= 5 ms, p99 <= 20 ms at concurrency 8
+
+
+def history_requests(ids: list, n: int = 500, seed: int = 1, length: int = HISTORY_LEN):
+    """(users, histories) of n `recommend_history` requests: every other user a known
+    ML-100K id (1..943), the others unknown; each history `length` distinct random catalog
+    movies rated 1..5 (integers), timestamps increasing (oldest first)."""
+    rng = random.Random(seed)
+    users, histories = [], []
+    for i in range(n):
+        users.append(str(rng.randint(1, 943)) if i % 2 == 0 else f"guest-{i}")
+        movies = rng.sample(ids, min(length, len(ids)))
+        start = 880_000_000 + rng.randint(0, 10 ** 7)
+        histories.append({"history_movie_ids": movies,
+                          "history_ratings": [float(rng.randint(1, 5)) for _ in movies],
+                          "history_timestamps": [start + 60 * j for j in range(len(movies))]})
+    return users, histories
+
+
 def request_bodies(model_dir: str, n: int = 500, seed: int = 0):
-    """(recommend bodies, serving_default bodies, the same as in-process inputs)."""
+    """(the loaded model, {request kind: request bodies}, {request kind: the same requests
+    as in-process inputs})."""
+    import numpy as np
+    import tensorflow as tf
+
     from serving.model import movie_catalog
     from trainer import examples as ex
     from trainer import features as F
@@ -164,11 +193,31 @@ def request_bodies(model_dir: str, n: int = 500, seed: int = 0):
             F.MOVIE_YEAR: 1995}))
     serving_default = [json.dumps({"instances": [{"b64": base64.b64encode(e).decode()}]})
                        .encode() for e in examples]
-    return model, users, examples, recommend, serving_default
+    history_users, histories = history_requests(ids, n)
+    with_history = [json.dumps({"signature_name": S.RECOMMEND,
+                                "instances": [{S.USER_ID: u, **h}]}).encode()
+                    for u, h in zip(history_users, histories)]
+    bodies = {S.RECOMMEND: recommend, S.SERVING_DEFAULT: serving_default,
+              RECOMMEND_HISTORY: with_history}
+    floors = {
+        S.RECOMMEND: [{S.USER_ID: tf.constant([u])} for u in users],
+        S.SERVING_DEFAULT: [{S.EXAMPLES: tf.constant([e])} for e in examples],
+        RECOMMEND_HISTORY: [{
+            S.USER_ID: tf.constant([u]),
+            S.HISTORY_MOVIE_IDS: tf.constant([h[S.HISTORY_MOVIE_IDS]]),
+            S.HISTORY_RATINGS: tf.constant([h[S.HISTORY_RATINGS]], tf.float32),
+            S.HISTORY_TIMESTAMPS: tf.constant(np.array([h[S.HISTORY_TIMESTAMPS]], np.int64))}
+            for u, h in zip(history_users, histories)],
+    }
+    return model, bodies, floors
 
 
 def in_process_floor(model, name, feeds_list, total):
-    """The signature called directly (tensors in, numpy out), one call at a time."""
+    """The signature called directly (tensors in, numpy out), one call at a time (`name`:
+    a request kind)."""
+    from trainer import saved_model
+
+    name = "recommend" if name == RECOMMEND_HISTORY else name
     def fn(**feeds):  # the inputs a request may leave out filled in, as the server does
         return saved_model.call(model, name, **feeds)
 
@@ -192,7 +241,9 @@ def main(argv=None):
                         help="requests per signature and concurrency (default 5000)")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--threads", type=int, default=1, help="server --threads")
-    parser.add_argument("--signatures", default="recommend,serving_default")
+    parser.add_argument("--signatures", default="recommend,recommend_history,serving_default",
+                        help="request kinds (default recommend,recommend_history,"
+                        "serving_default)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     from serving import versions
@@ -204,16 +255,10 @@ def main(argv=None):
     print(f"model {model_dir}; {args.requests} requests per signature and concurrency "
           f"{levels}; {os.cpu_count()} CPUs", flush=True)
 
-    model, users, examples, recommend, serving_default = request_bodies(model_dir)
-    import tensorflow as tf
-
-    from trainer import signatures as S
-
-    bodies = {S.RECOMMEND: recommend, S.SERVING_DEFAULT: serving_default}
-    floors = {
-        S.RECOMMEND: [{S.USER_ID: tf.constant([u])} for u in users],
-        S.SERVING_DEFAULT: [{S.EXAMPLES: tf.constant([e])} for e in examples],
-    }
+    model, bodies, floors = request_bodies(model_dir)
+    unknown = sorted(set(signatures) - set(bodies))
+    if unknown:
+        raise SystemExit(f"unknown request kind {unknown[0]!r} ({', '.join(bodies)})")
     results = []
     log_path = os.path.join(tempfile.gettempdir(), "movierec-bench-server.log")
     proc, host, port = start_server(model_base, args.threads, log_path)
@@ -239,10 +284,10 @@ def main(argv=None):
         _print_row(results[-1])
     print(f"server exit code after SIGTERM: {rc} (log: {log_path})")
     for r in results:
-        if (r["signature"], r["mode"], r["concurrency"]) == ("recommend", "http", 8):
+        if r["signature"] in TARGETS and (r["mode"], r["concurrency"]) == ("http", 8):
             met = r["p50_ms"] <= 5 and r["p99_ms"] <= 20 and r["errors"] == 0
-            print(f"target (recommend at concurrency 8: p50 <= 5 ms, p99 <= 20 ms, 0 errors): "
-                  f"{'met' if met else 'MISSED'} (p50 {r['p50_ms']:.2f} ms, "
+            print(f"target ({r['signature']} at concurrency 8: p50 <= 5 ms, p99 <= 20 ms, "
+                  f"0 errors): {'met' if met else 'MISSED'} (p50 {r['p50_ms']:.2f} ms, "
                   f"p99 {r['p99_ms']:.2f} ms, {r['errors']} errors)")
     if args.json:
         with open(args.json, "w") as f:
@@ -253,11 +298,11 @@ def main(argv=None):
 
 def _print_row(r):
     if not getattr(_print_row, "header", False):
-        print(f"{'signature':<16} {'mode':<10} {'conc':>4} {'requests':>8} {'errors':>6} "
+        print(f"{'signature':<17} {'mode':<10} {'conc':>4} {'requests':>8} {'errors':>6} "
               f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'req/s':>8} "
               f"{'server CPU ms/req':>17} {'client CPU ms/req':>17}")
         _print_row.header = True
-    print(f"{r['signature']:<16} {r['mode']:<10} {r['concurrency']:>4} {r['requests']:>8} "
+    print(f"{r['signature']:<17} {r['mode']:<10} {r['concurrency']:>4} {r['requests']:>8} "
           f"{r['errors']:>6} {r['p50_ms']:>7.2f} {r['p95_ms']:>7.2f} {r['p99_ms']:>7.2f} "
           f"{r['throughput_rps']:>8.0f} {r.get('server_cpu_ms', float('nan')):>17.2f} "
           f"{r.get('client_cpu_ms', float('nan')):>17.2f}", flush=True)

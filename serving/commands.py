@@ -159,7 +159,10 @@ def _recommendations(model, user: str, k: int, history: dict | None = None):
     ids = [v.decode("utf-8") for v in out[S.MOVIE_IDS].numpy()[0]]
     titles = [v.decode("utf-8") for v in out[S.MOVIE_TITLES].numpy()[0]]
     scores = [float(s) for s in out[S.SCORES].numpy()[0]]
-    return ids, titles, scores, bool(out[S.KNOWN_USER].numpy()[0])
+    # the history movie behind each ("": none; models exported before `because`: none)
+    because = ([v.decode("utf-8") for v in out[S.BECAUSE].numpy()[0]] if S.BECAUSE in out
+               else [""] * len(ids))
+    return ids, titles, scores, because, bool(out[S.KNOWN_USER].numpy()[0])
 
 
 def cmd_recommend(args) -> int:
@@ -174,13 +177,14 @@ def cmd_recommend(args) -> int:
         from serving.model import movie_catalog
 
         history = parse_rated(args.rated, movie_catalog(model)[0])
-    ids, titles, scores, known = _recommendations(model, args.user, args.k, history)
+    ids, titles, scores, because, known = _recommendations(model, args.user, args.k, history)
     if args.json:
         print(json.dumps({
             "user_id": args.user, "known_user": known, "model": model_dir,
             "recommendations": [
-                {"rank": i + 1, "movie_id": m, "title": t, "score": round(s, 6)}
-                for i, (m, t, s) in enumerate(zip(ids, titles, scores))],
+                {"rank": i + 1, "movie_id": m, "title": t, "score": round(s, 6),
+                 "because": b or None}
+                for i, (m, t, s, b) in enumerate(zip(ids, titles, scores, because))],
         }, ensure_ascii=False))
         return 0
     if known:
@@ -190,9 +194,12 @@ def cmd_recommend(args) -> int:
         print(f"user {args.user} is unknown to the model: top {len(ids)} movies from "
               f"{given} (model {model_dir}):")
     id_width = max([len("movie")] + [len(m) for m in ids])
-    print(f"{'rank':>4}  {'movie':>{id_width}}  {'score':>8}  title")
-    for i, (m, t, s) in enumerate(zip(ids, titles, scores)):
-        print(f"{i + 1:>4}  {m:>{id_width}}  {s:>8.4f}  {t}")
+    # the movie of the user's history behind each recommendation (its id; "-": none)
+    because = [b or "-" for b in because]
+    by_width = max([len("because")] + [len(b) for b in because])
+    print(f"{'rank':>4}  {'movie':>{id_width}}  {'score':>8}  {'because':>{by_width}}  title")
+    for i, (m, t, s, b) in enumerate(zip(ids, titles, scores, because)):
+        print(f"{i + 1:>4}  {m:>{id_width}}  {s:>8.4f}  {b:>{by_width}}  {t}")
     return 0
 
 

@@ -134,6 +134,32 @@ def _to_bool(value, where: str) -> bool:
     return value
 
 
+def _plain(flat: list, np_dtype):
+    """The values as the array takes them when every one is already of the input's JSON
+    type and needs no check (strings: str, valid UTF-8; floats: int or float; integers: int
+    in the int64 range; bools are never plain), so that a long history does not pay for
+    one check call per value; None when one is not (the one-by-one path then checks them
+    and names the bad one)."""
+    if not flat:
+        return flat
+    if np_dtype is object:
+        if all(type(v) is str for v in flat):
+            try:
+                return [v.encode("utf-8") for v in flat]
+            except UnicodeEncodeError:  # a lone surrogate: the check names it
+                return None
+        return None
+    if np_dtype is np.bool_:
+        return None
+    kind = np.dtype(np_dtype).kind
+    if kind == "f":
+        return flat if all(type(v) is float or type(v) is int for v in flat) else None
+    if kind in "iu" and all(type(v) is int for v in flat) \
+            and min(flat) >= _INT64_MIN and max(flat) <= _INT64_MAX:
+        return flat
+    return None
+
+
 def _numpy_dtype(dtype: tf.DType):
     if dtype == tf.string:
         return object, _to_bytes
@@ -224,7 +250,9 @@ class Signature:
             raise RequestError(f"{where}: empty batch")
         if shape and shape[0] > MAX_BATCH:
             raise RequestError(f"{where}: at most {MAX_BATCH} instances per request")
-        converted = [v if type(v) is bytes else convert(v, where) for v in flat]
+        converted = _plain(flat, np_dtype)
+        if converted is None:  # some value needs its check (or conversion): one by one
+            converted = [v if type(v) is bytes else convert(v, where) for v in flat]
         if name == S.K and spec.dtype.is_integer:
             too_big = [k for k in converted if k > S.MAX_K]
             if too_big:
@@ -328,19 +356,50 @@ class Signature:
         """Requests with equal keys can run as one batch (None: this one runs alone).
         A signature is batched only when every output has the batch as its first and only
         unknown dimension, so that a batch's outputs split back into per-request rows
-        (recommend_at's outputs are [batch, largest k of the batch]: never batched)."""
+        (recommend_at's outputs are [batch, largest k of the batch]: never batched), and
+        every input too, but for the request histories ([batch, L], any L: `paddable`),
+        which a batch pads to its longest."""
         if not self.batchable:
             return None
-        return (self.name,) + tuple(feeds[n].shape[1:] for n in self.inputs)
+        return (self.name,) + tuple(feeds[n].shape[1:] for n in self.inputs
+                                    if n not in self.paddable)
+
+    @property
+    def paddable(self) -> dict:
+        """{input: its padding value}: the history inputs ([batch, L] of any L, "" / 0
+        padding, as trainer/signatures.py's HISTORY_INPUTS say) that a batch of requests
+        pads to a common width."""
+        if not hasattr(self, "_paddable"):
+            self._paddable = {
+                n: (b"" if spec.dtype == tf.string else 0)
+                for n, spec in self.inputs.items()
+                if n in S.HISTORY_INPUTS and spec.shape.as_list() == [None, None]}
+        return self._paddable
 
     @property
     def batchable(self) -> bool:
         if not hasattr(self, "_batchable"):
+            fixed = list(self.outputs.values()) + [
+                spec for n, spec in self.inputs.items() if n not in self.paddable]
             self._batchable = all(
                 spec.shape.rank and spec.shape[0] is None
                 and all(d is not None for d in spec.shape.as_list()[1:])
-                for spec in list(self.outputs.values()) + list(self.inputs.values()))
+                for spec in fixed)
         return self._batchable
+
+    def _join(self, requests: list) -> dict:
+        """The feeds of several requests as one batch: each input concatenated, the
+        `paddable` ones (histories) first padded to the batch's widest."""
+        joined = {}
+        for name in self.inputs:
+            parts = [f[name] for f in requests]
+            if name in self.paddable:
+                width = max(p.shape[1] for p in parts)
+                parts = [p if p.shape[1] == width else _pad_columns(p, width,
+                                                                    self.paddable[name])
+                         for p in parts]
+            joined[name] = np.concatenate(parts)
+        return joined
 
     def call(self, feeds: dict) -> dict:
         """Runs the signature on numpy inputs; numpy outputs. Thread-safe."""
@@ -359,9 +418,8 @@ class Signature:
             except Exception as e:  # noqa: BLE001 - handed to the request
                 return [e]
         sizes = [len(next(iter(f.values()))) for f in requests]
-        joined = {name: np.concatenate([f[name] for f in requests]) for name in self.inputs}
         try:
-            outputs = self.call(joined)
+            outputs = self.call(self._join(requests))
             total = sum(sizes)
             if any(v.shape[:1] != (total,) for v in outputs.values()):
                 raise ValueError("outputs do not follow the batch")
@@ -402,6 +460,13 @@ class Signature:
             pass
 
 
+def _pad_columns(array: np.ndarray, width: int, value) -> np.ndarray:
+    """A [batch, w] array widened to [batch, width] with `value` on the right."""
+    out = np.full((array.shape[0], width), value, dtype=array.dtype)
+    out[:, :array.shape[1]] = array
+    return out
+
+
 def _pad_histories(columns: dict, inputs: dict, columnar: dict | None = None) -> None:
     """Pads ragged history lists (one per instance, S.HISTORY_INPUTS) to the longest with
     "" / 0, in place (in `columnar`, the request's inputs, for the columnar format); an
@@ -440,8 +505,7 @@ def check_history(feeds: dict, catalog=None) -> None:
     if S.HISTORY_MOVIE_IDS not in feeds:
         return
     ids = feeds[S.HISTORY_MOVIE_IDS]
-    given = np.vectorize(lambda v: v not in (b"", ""), otypes=[bool])(ids) \
-        if ids.size else np.zeros(ids.shape, bool)
+    given = ((ids != b"") & (ids != "")) if ids.size else np.zeros(ids.shape, bool)
     ratings = feeds.get(S.HISTORY_RATINGS)
     if ratings is not None and ratings.shape == ids.shape:
         low, high = S.RATING_RANGE
@@ -450,12 +514,15 @@ def check_history(feeds: dict, catalog=None) -> None:
             i, j = map(int, np.argwhere(bad)[0])
             raise RequestError(f"{S.HISTORY_RATINGS}[{i}][{j}]: rating {ratings[i, j]:g} "
                                f"outside {low:g}..{high:g}")
-    if catalog is not None and ids.size:
-        for (i, j), movie in np.ndenumerate(ids):
-            if given[i, j] and movie not in catalog:
-                shown = movie.decode() if isinstance(movie, bytes) else movie
-                raise RequestError(f"{S.HISTORY_MOVIE_IDS}[{i}][{j}]: unknown movie "
-                                   f"{shown!r}")
+    if catalog is not None and given.any():
+        named = ids[given].tolist()  # row-major, as np.argwhere lists their positions
+        unknown = next((n for n, movie in enumerate(named) if movie not in catalog), None)
+        if unknown is not None:
+            i, j = map(int, np.argwhere(given)[unknown])
+            movie = named[unknown]
+            shown = movie.decode() if isinstance(movie, bytes) else movie
+            raise RequestError(f"{S.HISTORY_MOVIE_IDS}[{i}][{j}]: unknown movie "
+                               f"{shown!r}")
 
 
 def _shape_str(shape: tf.TensorShape) -> str:

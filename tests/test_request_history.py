@@ -186,6 +186,26 @@ def test_known_users_history_is_left_out_of_recommend(model, example_files):
     assert not set(m.decode() for m in rec[S.MOVIE_IDS].numpy()[0]) & rated
 
 
+def test_recommend_at_is_the_catalog_ranking_without_the_history(model, example_files):
+    """recommend_at with exclude_rated: the best k of score_catalog's scores at the same
+    time once the merged history's movies are out (a request history for a stranger, the
+    stored one for user 2)."""
+    ids = np.array([m.decode() for m in model.movie_ids.numpy()])
+    given, stored = _train_ratings(example_files, "1"), _train_ratings(example_files, "2")
+    asks = [("stranger", _history(*given), set(given[0])), ("2", {}, set(stored[0]))]
+    when = max(stored[2]) + 10  # the stored history: the ratings before the request
+    for user, history, rated in asks:
+        scores = _scores(model, user, when, **history)[S.SCORES].numpy()[0]
+        top = saved_model.call(model, S.RECOMMEND_AT, user_id=tf.constant([user]),
+                               timestamp=tf.constant([when], tf.int64),
+                               k=tf.constant([20], tf.int64),
+                               exclude_rated=tf.constant([True]), **history)
+        left = [i for i in np.argsort(-scores, kind="stable") if ids[i] not in rated]
+        assert [m.decode() for m in top[S.MOVIE_IDS].numpy()[0]] == list(ids[left[:20]])
+        np.testing.assert_allclose(top[S.SCORES].numpy()[0], scores[left[:20]], rtol=1e-5,
+                                   atol=1e-6)
+
+
 def test_demographics_reach_an_unknown_user(model):
     base = _scores(model, "stranger", 0)[S.SCORES].numpy()
     told = _scores(model, "stranger", 0, user_age=tf.constant([25], tf.int64),
@@ -226,6 +246,73 @@ def test_rate_and_serving_default_read_the_request_history(model, synth_data):
     assert through_example == pytest.approx(high, abs=1e-4)
 
 
+# --- because ------------------------------------------------------------------------------
+def _because(out) -> list:
+    return [[b.decode() for b in row] for row in out[S.BECAUSE].numpy()]
+
+
+def _expected_because(model, recommended, history, ratings) -> list:
+    """numpy: per recommended movie id, the history movie of argmax cosine (candidate
+    embeddings) among those rated at or above the mean of `ratings` (all when none)."""
+    ids = [m.decode() for m in model.movie_ids.numpy()]
+    unit = model.candidate_embeddings.numpy().astype(np.float64)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    ratings = np.asarray(ratings, dtype=np.float64)
+    liked = [m for m, r in zip(history, ratings) if r >= ratings.mean()] or list(history)
+    past = unit[[ids.index(m) for m in liked]]
+    return [liked[int(np.argmax(past @ unit[ids.index(m)]))] for m in recommended]
+
+
+def test_because_one_loved_movie_explains_everything(model, example_files):
+    movie = _train_ratings(example_files, "1")[0][0]
+    history = _history([movie], [5.0], [880_000_000])
+    rec = saved_model.call(model, S.RECOMMEND, user_id=tf.constant(["stranger"]), **history)
+    assert rec[S.BECAUSE].shape == rec[S.MOVIE_IDS].shape
+    assert _because(rec) == [[movie] * rec[S.MOVIE_IDS].shape[1]]
+    at = saved_model.call(model, S.RECOMMEND_AT, user_id=tf.constant(["stranger"]),
+                          timestamp=tf.constant([0], tf.int64), k=tf.constant([30], tf.int64),
+                          exclude_rated=tf.constant([False]), **history)
+    assert _because(at) == [[movie] * 30]
+
+
+@pytest.mark.parametrize("ratings", [(5.0, 5.0), (4.0, 4.5), (5.0, 2.0)])
+def test_because_is_the_most_similar_liked_history_movie(model, example_files, ratings):
+    movies = _train_ratings(example_files, "1")[0]
+    # the two history movies: the first one and the one least like it
+    ids = [m.decode() for m in model.movie_ids.numpy()]
+    emb = model.candidate_embeddings.numpy()
+    first = emb[ids.index(movies[0])]
+    cos = [float(emb[ids.index(m)] @ first / np.linalg.norm(emb[ids.index(m)]))
+           for m in movies]
+    history = [movies[0], movies[int(np.argmin(cos))]]
+    inputs = _history(history, ratings, [880_000_000, 880_000_100])
+    at = saved_model.call(model, S.RECOMMEND_AT, user_id=tf.constant(["stranger"]),
+                          timestamp=tf.constant([0], tf.int64), k=tf.constant([50], tf.int64),
+                          exclude_rated=tf.constant([True]), **inputs)
+    shown = [m.decode() for m in at[S.MOVIE_IDS].numpy()[0]]
+    got = _because(at)[0]
+    assert got == _expected_because(model, shown, history, ratings)
+    if ratings[0] == ratings[1]:  # both count: each explains some of the 50
+        assert set(got) == set(history)
+    else:  # only the better rated one
+        assert set(got) == {history[int(np.argmax(ratings))]}
+
+
+def test_because_reads_a_known_users_stored_history(model, example_files):
+    movies, ratings, _ = _train_ratings(example_files, "2")
+    rec = saved_model.call(model, S.RECOMMEND, user_id=tf.constant(["2"]))
+    shown = [m.decode() for m in rec[S.MOVIE_IDS].numpy()[0]]
+    assert _because(rec)[0] == _expected_because(model, shown, movies, ratings)
+
+
+def test_because_is_empty_without_a_history(model):
+    rec = saved_model.call(model, S.RECOMMEND, user_id=tf.constant(["stranger", "nobody"]))
+    assert _because(rec) == [[""] * rec[S.MOVIE_IDS].shape[1]] * 2
+    at = saved_model.call(model, S.RECOMMEND_AT, user_id=tf.constant(["stranger"]),
+                          timestamp=tf.constant([0], tf.int64), k=tf.constant([5], tf.int64))
+    assert _because(at) == [[""] * 5]
+
+
 # --- the CLI ------------------------------------------------------------------------------------
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *args],
@@ -242,6 +329,15 @@ def test_cli_rated(trained_model, synth_data):
 
     shown = json.loads(ok.stdout)
     assert first not in [r["movie_id"] for r in shown["recommendations"]]
+    assert [r["because"] for r in shown["recommendations"]] == [first] * 10
+    text = _cli("recommend", "--model", str(path), "--user", "stranger", "--rated",
+                f"{first}:5")
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[1].split()[:4] == ["rank", "movie", "score", "because"]
+    assert all(line.split()[3] == first for line in lines[2:])
+    empty = _cli("recommend", "--model", str(path), "--user", "stranger")
+    assert all(line.split()[3] == "-" for line in empty.stdout.splitlines()[2:])
     for bad, says in ((f"{first}:9", "outside"), ("nope:4", "not in the model's catalog"),
                       (f"{first}-4", "is not movie:rating")):
         out = _cli("recommend", "--model", str(path), "--user", "1", "--rated", bad)

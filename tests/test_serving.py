@@ -159,7 +159,8 @@ def test_status_and_metadata(server):
     assert rec["method_name"] == "tensorflow/serving/predict"
     assert rec["inputs"]["user_id"]["dtype"] == "DT_STRING"
     assert rec["inputs"]["user_id"]["tensor_shape"]["dim"] == [{"size": "-1", "name": ""}]
-    assert set(rec["outputs"]) == {"movie_ids", "movie_titles", "scores", "known_user"}
+    assert set(rec["outputs"]) == {"movie_ids", "movie_titles", "scores", "because",
+                                   "known_user"}
     assert sigs["recommend_at"]["inputs"]["k"]["dtype"] == "DT_INT64"
     assert set(sigs["serving_default"]["inputs"]) == {"examples"}
     assert server.get("/v1/models/movierec/versions/1/metadata") == (200, meta)
@@ -175,7 +176,8 @@ def test_recommend_row_and_columnar(server, loaded):
                                    "instances": [user, "nobody"]})
     assert status == 200, body
     first, second = body["predictions"]
-    assert set(first) == {"movie_ids", "movie_titles", "scores", "known_user"}
+    assert set(first) == {"movie_ids", "movie_titles", "scores", "because", "known_user"}
+    assert first["because"] == [b.decode() for b in expected["because"].numpy()[0]]
     assert first["movie_ids"] == ids[0] and second["movie_ids"] == ids[1]
     assert first["known_user"] is True and second["known_user"] is False
     assert all(isinstance(t, str) and t for t in first["movie_titles"])
@@ -314,6 +316,79 @@ def test_concurrent_requests_are_batched_without_mixing_errors(server, loaded,
             assert status == 200 and body["predictions"][0]["movie_ids"] == ids[i]
 
 
+def _history_feeds(user: str, movies: list, stamp: int = 880_000_000) -> dict:
+    return {"user_id": np.array([user.encode()], dtype=object),
+            "history_movie_ids": np.array([[m.encode() for m in movies]], dtype=object
+                                          ).reshape(1, -1),
+            "history_ratings": np.array([[5.0 - i % 4 for i in range(len(movies))]],
+                                        np.float32).reshape(1, -1),
+            "history_timestamps": np.array([[stamp + i for i in range(len(movies))]],
+                                           np.int64).reshape(1, -1)}
+
+
+def test_requests_with_histories_of_any_width_batch_together(loaded, synth_data):
+    """recommend's histories ([batch, L], any L) are padded to the batch's widest: the
+    requests share a batch key and each gets what it gets alone."""
+    from serving.model import Signature
+
+    signature = Signature("recommend", loaded.signatures["recommend"], {})
+    assert signature.batchable
+    assert set(signature.paddable) == {"history_movie_ids", "history_ratings",
+                                       "history_timestamps"}
+    movies = [m.movie_id for m in synth_data.movies]
+    requests = [_history_feeds("stranger", movies[:3]), _history_feeds(KNOWN_USER, []),
+                _history_feeds("nobody", movies[10:40]), _history_feeds(KNOWN_USER, movies[5:6])]
+    for f in requests:  # the other inputs, as the server fills them
+        for name, spec in signature.inputs.items():
+            if name not in f:
+                f[name] = np.full([1], b"" if spec.dtype == tf.string else 0,
+                                  dtype=object if spec.dtype == tf.string
+                                  else spec.dtype.as_numpy_dtype)
+    assert len({signature.batch_key(f) for f in requests}) == 1
+    together = signature.call_batch(requests)
+    for f, got in zip(requests, together):
+        assert not isinstance(got, Exception), got
+        alone = signature.call(f)
+        assert set(got) == set(alone)
+        for name in ("movie_ids", "because", "known_user"):
+            np.testing.assert_array_equal(got[name], alone[name], err_msg=name)
+        np.testing.assert_allclose(got["scores"], alone["scores"], rtol=1e-5, atol=1e-6)
+    # recommend_at's outputs follow the batch's largest k: never batched
+    assert Signature("recommend_at", loaded.signatures["recommend_at"], {}).batch_key(
+        requests[0]) is None
+
+
+def test_concurrent_requests_with_histories_get_their_own_answers(server, loaded,
+                                                                  synth_data):
+    movies = [m.movie_id for m in synth_data.movies]
+    asks = [(KNOWN_USER if i % 3 == 0 else f"guest{i}", movies[i:i + 2 * i]) for i in range(16)]
+    expected = []
+    for user, history in asks:
+        feeds = _history_feeds(user, history)
+        out = saved_model.call(loaded, "recommend", **feeds)
+        expected.append(([m.decode() for m in out["movie_ids"].numpy()[0]],
+                         [m.decode() for m in out["because"].numpy()[0]]))
+    results = {}
+
+    def call(i):
+        user, history = asks[i]
+        feeds = _history_feeds(user, history)
+        instance = {"user_id": user, **{k: v[0].tolist() for k, v in feeds.items()
+                                        if k != "user_id"}}
+        instance["history_movie_ids"] = [m.decode() for m in instance["history_movie_ids"]]
+        results[i] = server.predict({"signature_name": "recommend", "instances": [instance]})
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(asks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, (status, body) in sorted(results.items()):
+        assert status == 200, body
+        answer = body["predictions"][0]
+        assert (answer["movie_ids"], answer["because"]) == expected[i], i
+
+
 # --------------------------------------------------------------------------- bad requests
 BAD_REQUESTS = [
     ("bad JSON", b'{"instances": [', "invalid JSON"),
@@ -372,6 +447,24 @@ BAD_REQUESTS = [
     ("history too long", {"signature_name": "recommend", "instances": [
         {"user_id": "1", "history_movie_ids": ["1"] * 1001, "history_ratings": [4.0] * 1001,
          "history_timestamps": [1] * 1001}]}, "at most 1000"),
+    ("history: unknown movie", {"signature_name": "recommend", "instances": [
+        {"user_id": "1", "history_movie_ids": ["1", "2"], "history_ratings": [4, 5],
+         "history_timestamps": [1, 2]},
+        {"user_id": "1", "history_movie_ids": ["3", "no-such-movie"],
+         "history_ratings": [4, 5], "history_timestamps": [1, 2]}]},
+     "history_movie_ids[1][1]: unknown movie 'no-such-movie'"),
+    ("history: rating outside the range", {"signature_name": "recommend", "instances": [
+        {"user_id": "1", "history_movie_ids": ["1", "2"], "history_ratings": [4, 7.5],
+         "history_timestamps": [1, 2]}]}, "history_ratings[0][1]: rating 7.5 outside"),
+    ("history: a bool for a rating", {"signature_name": "recommend", "instances": [
+        {"user_id": "1", "history_movie_ids": ["1", "2"], "history_ratings": [4.0, True],
+         "history_timestamps": [1, 2]}]}, "expected a number, got True"),
+    ("history: a string for a timestamp", {"signature_name": "recommend", "instances": [
+        {"user_id": "1", "history_movie_ids": ["1"], "history_ratings": [4],
+         "history_timestamps": ["1"]}]}, "expected an integer, got '1'"),
+    ("history: lists of different lengths", {"signature_name": "recommend", "instances": [
+        {"user_id": "1", "history_movie_ids": ["1", "2"], "history_ratings": [4],
+         "history_timestamps": [1, 2]}]}, "differ in length"),
 ]
 
 
@@ -469,6 +562,10 @@ def test_recommend_command(capsys, tmp_path, model_dir, loaded, cached_loads):
     assert answer["model"] == str(base / "1")
     assert [r["movie_id"] for r in answer["recommendations"]] == [
         m.decode() for m in expected["movie_ids"].numpy()[0][:5]]
+    # a known user's history explains each one
+    assert [r["because"] for r in answer["recommendations"]] == [
+        m.decode() for m in expected["because"].numpy()[0][:5]]
+    assert all(r["because"] for r in answer["recommendations"])
 
     rc, out, _ = _cli(capsys, "recommend", "--model", str(model_dir), "--user", "1")
     assert rc == 0 and "top 10 movies for user 1" in out

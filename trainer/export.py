@@ -7,7 +7,8 @@ Signatures (all take *raw* values; Transform runs inside):
   recommend_at     user_id [batch], timestamp int64 [batch] (<= 0 means now),
                    k int64 [batch] (<= 0 means 10; the batch's largest k is used, at most
                    MAX_K), exclude_rated bool [batch] + context
-                   -> movie_ids, movie_titles, scores [batch, k], known_user [batch]
+                   -> movie_ids, movie_titles, scores, because [batch, k],
+                      known_user [batch]
   rate             user_id, movie_id, timestamp [batch] + context -> rating [batch]
   score_catalog    user_id, timestamp [batch] + context  -> scores [batch, catalog]
                    (evaluation; columns in the order of the module's `movie_ids`)
@@ -21,7 +22,10 @@ towers read the union of the user's stored history before the request's time and
 request's (trainer/history.py's HistoryMerge; the request wins for a movie in both), so a
 user the model never saw is answered from their history and demographics
 (known_user=False). `recommend` leaves out the movies of the merged history;
-`recommend_at` does where exclude_rated is true.
+`recommend_at` does where exclude_rated is true. Both say, per recommended movie, `because`:
+the movie of that history (its training movies) whose candidate embedding is the most
+cosine-similar to the recommended one's, among the movies the user rated at or above their
+own mean rating (among all of them when none is); "" for an empty history.
 
 The catalog can grow after training (`movierec catalog add`, serving/catalog.py): its
 state (movie_ids, movie_titles, candidate_embeddings, the movies' genres and years, the
@@ -50,6 +54,9 @@ from trainer.history import HistoryMerge
 from trainer.signatures import DEFAULT_K, MAX_K
 
 INDEXES = ("brute_force", "scann")
+# `because`: a history rating counts as "at or above the user's mean" within this much
+# (a user's equal ratings are all at their mean, whatever float rounding says)
+_LIKED_TOLERANCE = 1e-5
 
 
 def make_index(kind: str, embeddings, identifiers, k: int):
@@ -154,6 +161,7 @@ class MovieRecExport(tf.Module):
         # model); rows add_movies appends are scored exactly (_retrieve)
         self.indexed = n
         self._index_top = min(self._candidates, n)
+        self._k_max = min(MAX_K, n)  # the exported catalog: it only grows
         self.index_kind = index
         self.index = make_index(index, embeddings, np.arange(n), self._index_top)
         self.candidate_embeddings = _catalog_variable(embeddings.numpy(),
@@ -226,7 +234,9 @@ class MovieRecExport(tf.Module):
 
     def _query_features(self, user_id, timestamp, context, movie=None):
         """(transformed features of the query: the user, the time, the merged history;
-        whether the user is known; the catalog rows of the merged history [batch, L'])."""
+        whether the user is known; the catalog rows of the merged history [batch, L'];
+        the history the towers read as (catalog rows, centred ratings), [batch, L''] each,
+        row -1: none or not a training movie)."""
         raw, known = self._raw_query(user_id, timestamp, context)
         if movie is not None:
             raw.update(movie)
@@ -235,6 +245,7 @@ class MovieRecExport(tf.Module):
                                             context[S.HISTORY_RATINGS],
                                             context[S.HISTORY_TIMESTAMPS])
         seen = rows
+        read = (rows, asked[F.HISTORY_RATINGS_XF])  # no stored history: the request's
         if self.history_merge is not None:
             users = tf.reshape(xf[F.USER_ID_XF], [-1])
             stored = self.stored_history(users)
@@ -245,11 +256,36 @@ class MovieRecExport(tf.Module):
             stored_rows = tf.gather(self._row_of_history_id,
                                     tf.cast(merged[F.HISTORY_IDS_XF], tf.int64))
             seen = tf.concat([rows, stored_rows], axis=1)
-        return xf, known, seen
+            read = (stored_rows, merged[F.HISTORY_RATINGS_XF])
+        return xf, known, seen, read
 
     def _scores(self, user_id, timestamp, context):
-        xf, known, seen = self._query_features(user_id, timestamp, context)
-        return self.query_tower(xf, training=False), known, seen
+        xf, known, seen, read = self._query_features(user_id, timestamp, context)
+        return self.query_tower(xf, training=False), known, seen, read
+
+    def _because(self, rows, history):
+        """[batch, k] string: for each recommended catalog row (`rows`, [batch, k]), the
+        movie id of the user's history movie (`history`: catalog rows and centred ratings,
+        [batch, L], row -1: none) whose candidate embedding is the most cosine-similar to
+        it, among those rated at or above the user's own mean (all of them when none
+        is); "" when the history is empty."""
+        hist_rows, centred = history
+        valid = hist_rows >= 0
+        count = tf.reduce_sum(tf.cast(valid, tf.float32), axis=1, keepdims=True)
+        mean = (tf.reduce_sum(tf.where(valid, centred, 0.0), axis=1, keepdims=True)
+                / tf.maximum(count, 1.0))
+        liked = valid & (centred >= mean - _LIKED_TOLERANCE)
+        liked = tf.where(tf.reduce_any(liked, axis=1, keepdims=True), liked, valid)
+        unit = tf.math.l2_normalize(self.candidate_embeddings, axis=1)
+        shown = tf.gather(unit, rows)  # [batch, k, d]
+        past = tf.gather(unit, tf.maximum(hist_rows, 0))  # [batch, L, d]
+        cosine = tf.matmul(shown, past, transpose_b=True)  # [batch, k, L]
+        cosine = tf.where(liked[:, None, :], cosine, -np.inf)
+        best = tf.argmax(cosine, axis=2, output_type=tf.int32)  # [batch, k]
+        best_rows = tf.gather(hist_rows, best, batch_dims=1)
+        ids = tf.gather(self.movie_ids, tf.maximum(best_rows, 0))
+        any_history = tf.reduce_any(valid, axis=1, keepdims=True)
+        return tf.where(any_history & (best_rows >= 0), ids, tf.fill(tf.shape(ids), ""))
 
     def _seen_mask(self, seen):
         """[batch, catalog] bool: the catalog rows in `seen` ([batch, L], -1: none)."""
@@ -276,20 +312,35 @@ class MovieRecExport(tf.Module):
 
     # ----------------------------------------------------------------------- signatures
     def _recommend(self, user_id, timestamp, k, exclude, context):
+        """k: a Python int (the outputs then have k columns in their static shape; the
+        catalog only grows, so k capped by the exported catalog's size is always there)
+        or an int32 scalar tensor."""
         n = tf.cast(self._size(), tf.int32)
-        k = tf.clip_by_value(k, 1, tf.minimum(MAX_K, n))  # tiny catalogs: fewer than MAX_K
-        query, known, seen = self._scores(user_id, self._now_if_unset(timestamp), context)
-        scores, rows = self._retrieve(query, tf.minimum(self._candidates, n))
-        excluded = tf.gather(self._seen_mask(seen), rows, batch_dims=1) & exclude[:, None]
-        scores = tf.where(excluded, tf.fill(tf.shape(scores), -np.inf), scores)
-        # the best k that are left (the index's candidates are in descending order)
-        order = tf.argsort(tf.cast(excluded, tf.int32), axis=1, stable=True)[:, :k]
-        rows = tf.gather(rows, order, batch_dims=1)
+        k = (min(max(k, 1), self._k_max) if isinstance(k, int)
+             else tf.clip_by_value(k, 1, tf.minimum(MAX_K, n)))
+        query, known, seen, read = self._scores(user_id, self._now_if_unset(timestamp),
+                                                context)
+        if self.index_kind == "brute_force":
+            # exact: every catalog movie's score (added movies too), the excluded ones at
+            # -inf, then the best k (one top-k of k)
+            scores = tf.matmul(query, self.candidate_embeddings, transpose_b=True)
+            excluded = self._seen_mask(seen) & exclude[:, None]
+            scores = tf.where(excluded, tf.fill(tf.shape(scores), -np.inf), scores)
+            scores, rows = tf.math.top_k(scores, k=k)
+        else:
+            scores, rows = self._retrieve(query, tf.minimum(self._candidates, n))
+            excluded = tf.gather(self._seen_mask(seen), rows, batch_dims=1) & exclude[:, None]
+            scores = tf.where(excluded, tf.fill(tf.shape(scores), -np.inf), scores)
+            # the best k that are left (the candidates are in descending order)
+            order = tf.argsort(tf.cast(excluded, tf.int32), axis=1, stable=True)[:, :k]
+            rows = tf.gather(rows, order, batch_dims=1)
+            scores = tf.gather(scores, order, batch_dims=1)
         return {
             S.MOVIE_IDS: tf.gather(self.movie_ids, rows),
             S.MOVIE_TITLES: tf.gather(self.movie_titles, rows),
-            S.SCORES: tf.gather(scores, order, batch_dims=1),
+            S.SCORES: scores,
             S.KNOWN_USER: known,
+            S.BECAUSE: self._because(rows, read),
         }
 
     @staticmethod
@@ -304,8 +355,8 @@ class MovieRecExport(tf.Module):
         zeros = tf.zeros_like(user_id, dtype=tf.int64)
         context = self._context(history_movie_ids, history_ratings, history_timestamps,
                                 user_age, user_gender, user_occupation, user_zip)
-        return self._recommend(user_id, zeros, tf.constant(DEFAULT_K, tf.int32),
-                               tf.ones_like(user_id, dtype=tf.bool), context)
+        return self._recommend(user_id, zeros, DEFAULT_K, tf.ones_like(user_id, dtype=tf.bool),
+                               context)
 
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name=S.USER_ID),
@@ -331,7 +382,7 @@ class MovieRecExport(tf.Module):
         """Scores of every catalog movie (for evaluation): [batch, catalog]."""
         context = self._context(history_movie_ids, history_ratings, history_timestamps,
                                 user_age, user_gender, user_occupation, user_zip)
-        query, known, _ = self._scores(user_id, self._now_if_unset(timestamp), context)
+        query, known, _, _ = self._scores(user_id, self._now_if_unset(timestamp), context)
         return {S.SCORES: tf.matmul(query, self.candidate_embeddings, transpose_b=True),
                 S.KNOWN_USER: known}
 
@@ -352,7 +403,7 @@ class MovieRecExport(tf.Module):
         user_id = tf.reshape(raw.pop(F.USER_ID), [-1])
         timestamp = tf.reshape(raw.pop(F.TIMESTAMP), [-1])
         movie = {f.name: raw[f.name] for f in F.MOVIE_FEATURES}
-        xf, _, _ = self._query_features(user_id, timestamp, context, movie=movie)
+        xf, _, _, _ = self._query_features(user_id, timestamp, context, movie=movie)
         return {S.RATING: self._rate(xf)}
 
     @tf.function(input_signature=[
@@ -368,7 +419,7 @@ class MovieRecExport(tf.Module):
         row = self._rows_of(movie_id)
         movie = self._raw_movies(tf.maximum(row, 0))
         movie[F.MOVIE_ID] = movie_id  # unknown movies keep their id (-> OOV embedding)
-        xf, _, _ = self._query_features(user_id, self._now_if_unset(timestamp), context,
+        xf, _, _, _ = self._query_features(user_id, self._now_if_unset(timestamp), context,
                                         movie=movie)
         return {S.RATING: self._rate(xf), S.KNOWN_MOVIE: row >= 0}
 

@@ -149,8 +149,15 @@ class HistoryMerge(tf.keras.layers.Layer):
         if request is not None:
             asked = request[F.HISTORY_IDS_XF]
             # a stored movie that the request also names: the request's entry counts
-            named = tf.reduce_any(tf.equal(ids[:, :, None], asked[:, None, :])
-                                  & tf.not_equal(asked, 0)[:, None, :], axis=2)
+            # (looked up in the request's ids sorted, a 0 in front so that no row is
+            # empty: O(L log L') per row, not the [L, L'] comparison of every pair)
+            pad = tf.zeros_like(ids[:, :1])
+            sorted_asked = tf.sort(tf.concat([pad, tf.cast(asked, ids.dtype)], axis=1),
+                                   axis=1)
+            at = tf.searchsorted(sorted_asked, ids, side="left")
+            at = tf.minimum(at, tf.shape(sorted_asked, out_type=at.dtype)[1] - 1)
+            named = (tf.equal(tf.gather(sorted_asked, at, batch_dims=1), ids)
+                     & tf.not_equal(ids, 0))
             keeps = [keep & ~named, tf.not_equal(asked, 0)]
             for key in F.HISTORY_XF:
                 parts[key].append(tf.cast(request[key], stored[key].dtype))

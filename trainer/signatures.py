@@ -48,6 +48,9 @@ MOVIE_TITLES = "movie_titles"  # also a module variable
 SCORES = "scores"
 KNOWN_USER = "known_user"  # False: the user was not in the training data
 KNOWN_MOVIE = "known_movie"
+# recommend / recommend_at: per recommended movie, the id of the movie of the user's
+# (merged) history that most supports it ("" when the history is empty)
+BECAUSE = "because"
 
 # Inputs a request to `movierec serve` may leave out, with the value the server gives
 # them ({signature: {input: value}}); a SavedModel signature itself needs every input
