@@ -83,7 +83,8 @@ def RetrievalEvaluator(
     HELD_OUT: each held-out rating ranked for its user at its time, "filtered" without the
     movies the user rated in training, plus per-user recall / nDCG. REPLAY (a time
     split): the held-out ratings replayed in time order, each a request that knows its
-    user's earlier ratings (train and replay), "filtered" without them (trainer/replay.py).
+    user's earlier ratings (train and replay), "filtered" without them, and the replay's
+    rmse / mae through serving_default with the same history (trainer/replay.py).
     """
     from trainer import evaluation as ev  # TensorFlow loads only when the component runs
     from trainer import saved_model
@@ -98,8 +99,10 @@ def RetrievalEvaluator(
     def measure(artifact):
         served = saved_model.load(path_utils.serving_model_path(artifact.uri))
         if protocol == REPLAY:
+            # the replay's RMSE too: each rating given its history (TFMA's examples have
+            # none), so `inspect metrics` shows the protocol's rmse
             return ev.evaluate_replay(served, ev.serialized_batches(train_uri),
-                                      ev.serialized_batches(split_uri), rating=False,
+                                      ev.serialized_batches(split_uri), rating=True,
                                       max_requests=max_examples)
         return ev.evaluate(served, ev.serialized_batches(split_uri, max_examples=max_examples),
                            rating=False, train_rated=train_rated)

@@ -233,12 +233,12 @@ def with_history(example: bytes, history: dict, row: int) -> bytes:
     return parsed.SerializeToString()
 
 
-def replay_scorer(model, examples_of=None) -> replay.Scorer:
+def replay_scorer(model, examples_of=None, rating: bool = True) -> replay.Scorer:
     """A replay.Scorer of an exported model: the ranking from `score_catalog` (the user,
-    the request's time and its history; the model's columns are the requests' catalog),
-    the rating from `serving_default` on `examples_of(batch)`, the batch's serialized
-    rating examples, given the same history (None: no rating, and no demographics: the
-    examples carry the users' demographics)."""
+    the request's time, its history, and the user's demographics from `examples_of(batch)`,
+    the batch's serialized rating examples; the model's columns are the requests'
+    catalog), and with `rating` the rating from `serving_default` on those examples given
+    the same history (examples_of None: no demographics, no rating)."""
     score = model.signatures[S.SCORE_CATALOG]
     rate = model.signatures[S.SERVING_DEFAULT]
 
@@ -251,7 +251,7 @@ def replay_scorer(model, examples_of=None) -> replay.Scorer:
                   **context_inputs(len(batch), history, people)}
         scores = score(**inputs)[S.SCORES]
         predicted = None
-        if examples is not None:
+        if examples is not None and rating:
             given = [with_history(e, history, i) for i, e in enumerate(examples)]
             predicted = rate(**{S.EXAMPLES: tf.constant(given)})[S.RATING]
             predicted = predicted.numpy().reshape(-1)
@@ -264,11 +264,13 @@ def evaluate_replay(model, train_batches, held_out_batches, rating: bool = True,
                     max_requests: int = 0, seed: int = 0) -> dict:
     """The replay protocol's metrics (trainer/replay.py) of `model`: the held-out ratings
     (batches of serialized examples) replayed in time order, each knowing its user's
-    earlier ratings in the train batches and in the replay; over the model's catalog.
-    max_requests > 0: a seeded sample of that many requests."""
+    earlier ratings in the train batches and in the replay, and its user's demographics
+    (from its example); over the model's catalog. rating: also RMSE / MAE through
+    serving_default on the examples given the same history. max_requests > 0: a seeded
+    sample of that many requests."""
     train, _ = example_ratings(train_batches)
-    held_out, examples = example_ratings(held_out_batches, keep_examples=rating)
+    held_out, examples = example_ratings(held_out_batches, keep_examples=True)
     catalog = np.asarray(model.movie_ids.numpy()).reshape(-1).astype(bytes)
     requests = replay.sample(replay.requests(train, held_out, catalog), max_requests, seed)
-    examples_of = (lambda batch: [examples[i] for i in batch.source]) if rating else None
-    return replay.evaluate(requests, replay_scorer(model, examples_of))
+    return replay.evaluate(requests, replay_scorer(
+        model, lambda batch: [examples[i] for i in batch.source], rating=rating))
