@@ -178,9 +178,8 @@ def test_serve_answers_from_the_bucket_and_picks_up_a_new_version(first_run, s3,
                                                                   tmp_path, monkeypatch):
     import tensorflow as tf
 
-from trainer import saved_model
-
     from test_serving import Server
+    from trainer import saved_model
 
     version = _pushed_version(s3)
     for name, value in s3.env.items():
