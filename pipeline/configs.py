@@ -178,7 +178,7 @@ TRAINER_CODE = TRANSFORM_CODE + ("trainer/model.py", "trainer/towers.py",
                                   "trainer/fit.py", "trainer/distribution.py",
                                   "trainer/export.py", "trainer/signatures.py",
                                   "trainer/saved_model.py", "trainer/warm_start.py",
-                                  "trainer/neighborhood.py")
+                                  "trainer/neighborhood.py", "trainer/asymmetric.py")
 TUNER_CODE = TRAINER_CODE + ("trainer/tuning.py",)
 
 
