@@ -27,6 +27,7 @@ import tensorflow as tf
 from trainer import features as F
 from trainer import metrics as M
 from trainer import replay
+from trainer import saved_model
 from trainer import signatures as S
 from trainer.data import tfrecord_files
 
@@ -68,7 +69,7 @@ class _Ranker:
     """Full-catalog scores for queries, optionally without the user's training movies."""
 
     def __init__(self, model, train_rated: dict | None):
-        self._score = model.signatures[S.SCORE_CATALOG]
+        self._model = model
         ids = model.movie_ids.numpy()
         self._column = {m: i for i, m in enumerate(ids)}
         self._train = {u: np.array([self._column[m] for m in ms if m in self._column])
@@ -76,9 +77,9 @@ class _Ranker:
         self.filtered = train_rated is not None
 
     def scores(self, users, timestamps):
-        return self._score(**{S.USER_ID: tf.constant(users),
-                              S.TIMESTAMP: tf.constant(timestamps, tf.int64),
-                              **context_inputs(len(users))})[S.SCORES].numpy()
+        return saved_model.call(self._model, S.SCORE_CATALOG, **{
+            S.USER_ID: tf.constant(users),
+            S.TIMESTAMP: tf.constant(timestamps, tf.int64)})[S.SCORES].numpy()
 
     def columns(self, movies):
         return np.array([self._column.get(m, -1) for m in movies])
@@ -199,27 +200,6 @@ def demographic_inputs(examples) -> dict:
     return {k: v.numpy().reshape(-1) for k, v in parsed.items()}
 
 
-def no_demographics(size: int) -> dict:
-    return {f.name: np.zeros(size, np.int64) if f.dtype != tf.string
-            else np.full(size, b"", dtype=object) for f in F.USER_SIDE_FEATURES}
-
-
-def context_inputs(size: int, history: dict | None = None,
-                   demographics: dict | None = None) -> dict:
-    """Every context input of the signatures (trainer/signatures.py's CONTEXT_INPUTS) as
-    tensors for `size` requests: the given history (history_inputs' arrays) and
-    demographics, none where not given."""
-    if history is None:
-        history = {S.HISTORY_MOVIE_IDS: np.full((size, 0), "", dtype=object),
-                   S.HISTORY_RATINGS: np.zeros((size, 0), np.float32),
-                   S.HISTORY_TIMESTAMPS: np.zeros((size, 0), np.int64)}
-    values = {**history, **(demographics if demographics is not None
-                            else no_demographics(size))}
-    dtypes = {S.HISTORY_RATINGS: tf.float32, S.HISTORY_TIMESTAMPS: tf.int64,
-              F.USER_AGE: tf.int64}
-    return {k: tf.constant(v, dtypes.get(k, tf.string)) for k, v in values.items()}
-
-
 def with_history(example: bytes, history: dict, row: int) -> bytes:
     """A serialized rating example with request row `row` of `history` (history_inputs)
     as its F.HISTORY_FEATURES."""
@@ -239,17 +219,16 @@ def replay_scorer(model, examples_of=None, rating: bool = True) -> replay.Scorer
     the batch's serialized rating examples; the model's columns are the requests'
     catalog), and with `rating` the rating from `serving_default` on those examples given
     the same history (examples_of None: no demographics, no rating)."""
-    score = model.signatures[S.SCORE_CATALOG]
     rate = model.signatures[S.SERVING_DEFAULT]
 
     def scorer(batch: replay.Requests):
         history = history_inputs(batch)
         examples = examples_of(batch) if examples_of is not None else None
-        people = demographic_inputs(examples) if examples else no_demographics(len(batch))
-        inputs = {S.USER_ID: tf.constant(batch.user),
-                  S.TIMESTAMP: tf.constant(batch.timestamp, tf.int64),
-                  **context_inputs(len(batch), history, people)}
-        scores = score(**inputs)[S.SCORES]
+        people = demographic_inputs(examples) if examples else {}  # none: left out
+        scores = saved_model.call(model, S.SCORE_CATALOG, **{
+            S.USER_ID: tf.constant(batch.user),
+            S.TIMESTAMP: tf.constant(batch.timestamp, tf.int64), **history,
+            **people})[S.SCORES]
         predicted = None
         if examples is not None and rating:
             given = [with_history(e, history, i) for i, e in enumerate(examples)]
