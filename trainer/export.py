@@ -50,7 +50,7 @@ import tensorflow_recommenders as tfrs
 
 from trainer import features as F
 from trainer import signatures as S
-from trainer.history import HistoryMerge
+from trainer.history import HistoryMerge, rows_mask
 from trainer.signatures import DEFAULT_K, MAX_K
 
 INDEXES = ("brute_force", "scann")
@@ -289,12 +289,7 @@ class MovieRecExport(tf.Module):
 
     def _seen_mask(self, seen):
         """[batch, catalog] bool: the catalog rows in `seen` ([batch, L], -1: none)."""
-        batch = tf.shape(seen, out_type=tf.int64)[0]
-        rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(seen, out_type=tf.int64))
-        valid = seen >= 0
-        at = tf.stack([tf.boolean_mask(rows, valid), tf.boolean_mask(seen, valid)], axis=1)
-        hits = tf.scatter_nd(at, tf.ones(tf.shape(at)[:1]), tf.stack([batch, self._size()]))
-        return hits > 0
+        return rows_mask(seen, self._size())
 
     def _retrieve(self, query, top):
         """(scores, catalog rows) [batch, top] of the best `top` movies for each query, in

@@ -173,3 +173,15 @@ class HistoryMerge(tf.keras.layers.Layer):
             value = tf.gather(joined[key], order, batch_dims=1)
             out[key] = tf.where(kept, value, tf.zeros_like(value))
         return out
+
+
+def rows_mask(rows, width):
+    """[batch, width] bool: True at each row's listed columns (`rows` [batch, L] int64,
+    -1: none), e.g. the catalog columns of a history."""
+    batch = tf.shape(rows, out_type=tf.int64)[0]
+    index = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(rows, out_type=tf.int64))
+    valid = rows >= 0
+    at = tf.stack([tf.boolean_mask(index, valid), tf.boolean_mask(rows, valid)], axis=1)
+    hits = tf.scatter_nd(at, tf.ones(tf.shape(at)[:1]),
+                         tf.stack([batch, tf.cast(width, tf.int64)]))
+    return hits > 0

@@ -19,7 +19,7 @@ from trainer import distribution
 from trainer import features as F
 from trainer.embedding import TaggedEmbedding
 from trainer.asymmetric import HistoryRatingHead
-from trainer.history import StoredHistory, user_history
+from trainer.history import StoredHistory, rows_mask, user_history
 from trainer.neighborhood import ResidualNeighborhood
 from trainer.towers import candidate_tower, mlp, query_tower
 
@@ -354,12 +354,9 @@ class MovieRecModel(tfrs.Model):
         label = tf.gather(self._column, movie + 1)
         if F.HISTORY_IDS_XF in features:
             seen = tf.gather(self._column, tf.cast(features[F.HISTORY_IDS_XF], tf.int64))
-            rows = tf.broadcast_to(tf.range(tf.shape(seen, out_type=tf.int64)[0])[:, None],
-                                   tf.shape(seen, out_type=tf.int64))
-            valid = (seen >= 0) & tf.not_equal(seen, label[:, None])
-            at = tf.stack([tf.boolean_mask(rows, valid), tf.boolean_mask(seen, valid)], 1)
-            hits = tf.scatter_nd(at, tf.ones(tf.shape(at)[:1]), tf.shape(logits, out_type=tf.int64))
-            logits -= 1e9 * tf.minimum(hits, 1.0)
+            seen = tf.where(tf.equal(seen, label[:, None]), tf.constant(-1, tf.int64), seen)
+            hits = rows_mask(seen, tf.shape(logits, out_type=tf.int64)[1])
+            logits -= 1e9 * tf.cast(hits, logits.dtype)
         known = label >= 0  # a movie outside the candidates cannot be learned
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.maximum(label, 0), logits)
         return tf.reduce_sum(tf.where(known, losses, 0.0))
