@@ -43,6 +43,10 @@ def test_random_split_is_seeded_joined_and_complete(tmp_path, ml100k_dir, synth_
     eval_b = {(e[F.USER_ID].numpy()[0], e[F.MOVIE_ID].numpy()[0])
               for e in _read(other_seed, "eval")}
     assert eval_a != eval_b
+    # the request context is a time split's: no example of a random split carries one
+    for split in ("train", "eval"):
+        assert all(e[F.HISTORY_MOVIE_IDS].values.shape[0] == 0
+                   for e in _read(examples, split, F.HISTORY_FEATURES))
     # joined: every example carries its movie's title and its user's occupation
     users = {u.user_id: u for u in synth_data.users}
     movies = {m.movie_id: m for m in synth_data.movies}
@@ -60,6 +64,26 @@ def test_time_split_holds_out_the_newest(tmp_path, ml100k_dir):
     evals = [int(e[F.TIMESTAMP].numpy()[0]) for e in _read(examples, "eval")]
     assert max(train) <= min(evals)
     assert 0.15 < len(evals) / (len(train) + len(evals)) < 0.25
+
+
+def test_time_split_context_keeps_the_latest_ratings_before_each_eval_rating():
+    """with_context: strictly before (an equal time is not before), the `length` latest,
+    oldest first, ties by movie id; a rating with nothing before it gets empty lists."""
+    from trainer import examples as ex
+
+    known = [(30, "9", 4.0), (10, "1", 5.0), (20, "3", 2.0), (20, "2", 3.0), (40, "7", 1.0)]
+    entries = {t: ex.entries({F.USER_ID: "u", F.TIMESTAMP: t}) for t in (10, 20, 40)}
+    out = list(executor.with_context(
+        ("u", {executor.KNOWN: known, executor.EVAL: [(t, e) for t, e in entries.items()]}),
+        length=2))
+    spec = F.raw_feature_spec(F.HISTORY_FEATURES + F.QUERY_FEATURES[:2])
+    parsed = {int(p[F.TIMESTAMP].numpy()[0]): p for p in
+              (tf.io.parse_single_example(o, spec) for o in out)}
+    ids = {t: [m.decode() for m in p[F.HISTORY_MOVIE_IDS].values.numpy()]
+           for t, p in parsed.items()}
+    assert ids == {10: [], 20: ["1"], 40: ["3", "9"]}
+    assert parsed[40][F.HISTORY_RATINGS].values.numpy().tolist() == [2.0, 4.0]
+    assert parsed[40][F.HISTORY_TIMESTAMPS].values.numpy().tolist() == [20, 30]
 
 
 def test_fold_split_reads_base_and_test_files(tmp_path, synth_data):

@@ -101,6 +101,45 @@ def test_a_time_split_is_measured_by_replay(time_run, capsys):
     assert shown["requests"] == len(held)
 
 
+def _contexts(uri: str) -> list:
+    """(user, timestamp, sorted (movie, rating, timestamp) of its history, or None where the
+    example has no history feature) of every example of a split, read with the proto."""
+    out = []
+    for record in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(f"{uri}/*.gz")),
+                                          compression_type="GZIP"):
+        f = tf.train.Example.FromString(record.numpy()).features.feature
+        history = None
+        if "history_movie_ids" in f:
+            history = sorted(zip((m.decode() for m in f["history_movie_ids"].bytes_list.value),
+                                 f["history_ratings"].float_list.value,
+                                 f["history_timestamps"].int64_list.value))
+        out.append((f["user_id"].bytes_list.value[0].decode(),
+                    f["timestamp"].int64_list.value[0], history))
+    return out
+
+
+def test_eval_examples_carry_their_request_context(time_run, capsys):
+    """On a time split each eval example holds what its replay request knows: its user's
+    ratings strictly before it, in train or eval; so TFMA, reading those examples through
+    serving_default, measures the replay's RMSE."""
+    shown = _json(capsys, "inspect", "metrics", "--output-dir", str(time_run))
+    everyone = (_ratings(f"{shown['examples']}/Split-train")
+                + _ratings(f"{shown['examples']}/Split-eval"))
+    assert all(h is None for *_, h in _contexts(f"{shown['examples']}/Split-train"))
+    held = _contexts(f"{shown['examples']}/Split-eval")
+    assert len(held) == shown["requests"]
+    for user, stamp, history in held:
+        assert history == sorted((m, r, t) for u, m, r, t in everyone if u == user and t < stamp)
+    assert sum(len(h) for *_, h in held) > len(held)
+
+    from pipeline import metadata
+
+    evaluation = sorted(tf.io.gfile.glob(f"{time_run}/pipeline/Evaluator/evaluation/*"))[-1]
+    tfma_metrics = metadata._tfma_metrics(evaluation)
+    assert tfma_metrics["example_count"] == shown["requests"]
+    assert tfma_metrics["rmse"] == pytest.approx(shown["rmse"], abs=1e-6)
+
+
 def test_evaluate_replays_outside_ratings_as_the_pipeline_does(time_run, ml100k_dir,
                                                                tmp_path, capsys):
     shown = _json(capsys, "inspect", "metrics", "--output-dir", str(time_run))

@@ -22,7 +22,11 @@ def test_schema_declares_every_raw_feature_and_the_rating_range(layout):
     schema = text_format.Parse((generate.HERE / f"{layout}.pbtxt").read_text(),
                                schema_pb2.Schema())
     features = {f.name: f for f in schema.feature}
-    assert set(features) == set(F.names(F.RATING_EXAMPLE_FEATURES))
+    assert set(features) == set(F.names(F.RATING_EXAMPLE_FEATURES + F.HISTORY_FEATURES))
     low, high = movielens.RATING_RANGE[layout]
-    assert (features[F.RATING].float_domain.min, features[F.RATING].float_domain.max) == (
-        low, high)
+    for rating in (F.RATING, F.HISTORY_RATINGS):
+        assert (features[rating].float_domain.min, features[rating].float_domain.max) == (
+            low, high)
+    # the request context (a time split's eval examples) is optional: absent from train
+    for name in F.names(F.HISTORY_FEATURES):
+        assert features[name].presence.min_fraction == 0 and features[name].value_count.min == 0

@@ -23,7 +23,7 @@ from typing import Mapping
 
 from trainer import features as F
 
-_SPECS = {f.name: f for f in F.RATING_EXAMPLE_FEATURES}
+_SPECS = {f.name: f for f in F.RATING_EXAMPLE_FEATURES + F.HISTORY_FEATURES}
 _FLOATS = struct.Struct("<f")
 
 

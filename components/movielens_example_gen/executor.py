@@ -3,6 +3,10 @@
 Output: one Examples artifact with three splits
   train, eval  one example per rating, joined with its movie and (where the layout has a user
                file) its user: every feature of trainer.features.RATING_EXAMPLE_FEATURES;
+               on a time split, each eval example also carries its request context
+               (F.HISTORY_FEATURES): what a replay request at its time knows, its user's
+               CONTEXT_LENGTH latest ratings strictly before it, in train or eval
+               (trainer/replay.py's protocol), grouped by user in Beam;
   catalog      one example per movie in the catalog file, rated or not (MOVIE_FEATURES).
 
 Ratings stream through Beam (never one in-memory frame): a splittable DoFn reads each ratings
@@ -18,6 +22,7 @@ The Examples artifact records, besides the split counts, how the reading was spr
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
@@ -41,9 +46,15 @@ from components.movielens_example_gen.splits import ratings_sources
 from trainer import examples as ex
 from trainer import features as F
 from trainer import replay
+from trainer import signatures as S
 from trainer import storage
 
 TRAIN, EVAL, CATALOG = F.TRAIN_SPLIT, F.EVAL_SPLIT, F.CATALOG_SPLIT
+KNOWN = "known"  # _ReadJoinAndSplit's output of every rating as (user, context entry)
+#: The most ratings an eval example's request context holds (its user's latest before it):
+#: the longest history a request may bring (trainer/signatures.py), so that the Evaluator
+#: sees what the RetrievalEvaluator's replay requests pass.
+CONTEXT_LENGTH = S.MAX_HISTORY
 _NAMESPACE = "movierec.example_gen"
 # Counters of the ratings read per worker process (named by worker_name()) and of the byte
 # ranges read (RANGES).
@@ -82,6 +93,10 @@ class ExampleEncoder:
         self._user_bytes: dict = {}
 
     def encode(self, rating: movielens.Rating) -> bytes:
+        return ex.example(self.entries(rating))
+
+    def entries(self, rating: movielens.Rating) -> bytes:
+        """The rating's example's map entries (an example once ex.example wraps them)."""
         movie = self._movie_bytes.get(rating.movie_id)
         if movie is None:
             movie = self._movie_bytes[rating.movie_id] = ex.entries(
@@ -90,8 +105,25 @@ class ExampleEncoder:
         if user is None:
             user = self._user_bytes[rating.user_id] = ex.entries(
                 {F.USER_ID: rating.user_id, **user_values(self._users.get(rating.user_id))})
-        return ex.example(user, ex.entry(F.TIMESTAMP, rating.timestamp),
-                          ex.entry(F.RATING, rating.rating), movie)
+        return b"".join((user, ex.entry(F.TIMESTAMP, rating.timestamp),
+                         ex.entry(F.RATING, rating.rating), movie))
+
+
+def with_context(element, length: int = CONTEXT_LENGTH):
+    """(user, {KNOWN: [(timestamp, movie, rating)], EVAL: [(timestamp, entries)]}) -> the
+    user's eval examples, each with its request context: the user's `length` latest known
+    ratings strictly before its timestamp (equal times count as not before), oldest first,
+    ties by movie id."""
+    _, groups = element
+    known = sorted(groups[KNOWN])
+    times = [stamp for stamp, _, _ in known]
+    for stamp, entries in sorted(groups[EVAL], key=lambda e: e[0]):
+        end = bisect.bisect_left(times, stamp)
+        earlier = known[max(0, end - length):end]
+        yield ex.example(entries, ex.entries({
+            F.HISTORY_MOVIE_IDS: [movie for _, movie, _ in earlier],
+            F.HISTORY_RATINGS: [rating for _, _, rating in earlier],
+            F.HISTORY_TIMESTAMPS: [t for t, _, _ in earlier]}))
 
 
 def rating_examples(data_dir: str, layout: str | None = None, file_name: str | None = None):
@@ -188,12 +220,15 @@ class _ReadJoinAndSplit(beam.DoFn):
     lines start in its byte range, joined with their movie and user, tagged with their
     split. movielens.read_ratings parses each line as iter_ratings does (a range that does
     not start at byte 0 names a bad line by its offset); counters say how many ratings
-    each worker process read and how many ranges there were."""
+    each worker process read and how many ranges there were. On a time split it also
+    emits every rating to KNOWN, and its eval ratings as (user, (timestamp, entries)), for
+    with_context."""
 
     def __init__(self, data_dir, layout, split, seed, eval_fraction, cutoff):
         self._args = (data_dir, layout)
         self._split, self._seed = split, seed
         self._eval_fraction, self._cutoff = eval_fraction, cutoff
+        self._context = split == splits.TIME
 
     def setup(self):
         self._movies = movielens.read_movies(*self._args)
@@ -217,6 +252,13 @@ class _ReadJoinAndSplit(beam.DoFn):
                 split = split_of(rating, fixed_split, self._split, self._seed,
                                  self._eval_fraction, self._cutoff)
                 counts[split] += 1
+                if self._context:
+                    yield beam.pvalue.TaggedOutput(KNOWN, (rating.user_id, (
+                        rating.timestamp, rating.movie_id, rating.rating)))
+                    if split == EVAL:
+                        yield beam.pvalue.TaggedOutput(EVAL, (rating.user_id, (
+                            rating.timestamp, self._encoder.entries(rating))))
+                        continue
                 yield beam.pvalue.TaggedOutput(split, self._encoder.encode(rating))
         for split, count in counts.items():
             if count:
@@ -228,17 +270,25 @@ class RatingExamples(beam.PTransform):
     """The ratings files of `sources` (splits.ratings_sources) -> {TRAIN, EVAL}: their
     ratings as serialized examples, joined with movies and users and split by `split`,
     read in byte ranges by _ReadJoinAndSplit (the files' sizes are looked up at
-    construction). read_statistics(result) says how the reading was spread."""
+    construction); on a time split the eval examples get their request context, grouped
+    by user (with_context). read_statistics(result) says how the reading was spread."""
 
     def __init__(self, data_dir, layout, sources, split, seed, eval_fraction, cutoff):
         super().__init__()
         self._sources = [ratings_source(data_dir, layout, *source) for source in sources]
         self._fn = _ReadJoinAndSplit(data_dir, layout, split, seed, eval_fraction, cutoff)
+        self._context = split == splits.TIME
 
     def expand(self, pbegin):
-        return (pbegin
+        read = (pbegin
                 | "Sources" >> beam.Create(self._sources)
-                | "ReadJoinAndSplit" >> beam.ParDo(self._fn).with_outputs(TRAIN, EVAL))
+                | "ReadJoinAndSplit" >> beam.ParDo(self._fn).with_outputs(TRAIN, EVAL, KNOWN))
+        if not self._context:
+            return {TRAIN: read[TRAIN], EVAL: read[EVAL]}
+        return {TRAIN: read[TRAIN],
+                EVAL: ({KNOWN: read[KNOWN], EVAL: read[EVAL]}
+                       | "GroupByUser" >> beam.CoGroupByKey()
+                       | "WithContext" >> beam.FlatMap(with_context))}
 
 
 def read_statistics(result) -> dict:

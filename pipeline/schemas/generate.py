@@ -15,6 +15,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 
 from components.movielens_example_gen import movielens
 from trainer import features as F
+from trainer import signatures as S
 
 HERE = pathlib.Path(__file__).parent
 
@@ -53,7 +54,20 @@ def schema_for(layout: str) -> schema_pb2.Schema:
             feature.value_count.min = 0 if layout == "ml-latest" else 1
         else:
             feature.shape.dim.add(size=1)
+    # A time split's eval examples carry their request context (the user's ratings before
+    # them, MovieLensExampleGen); train examples, and every example of other splits, do not.
+    for raw in F.HISTORY_FEATURES:
+        feature = schema.feature.add(name=raw.name)
+        feature.type = {"string": schema_pb2.BYTES, "int64": schema_pb2.INT,
+                        "float32": schema_pb2.FLOAT}[raw.dtype.name]
+        feature.presence.min_fraction = 0.0
+        feature.presence.min_count = 0
+        feature.value_count.min = 0
+        feature.value_count.max = S.MAX_HISTORY
     by_name = {f.name: f for f in schema.feature}
+    by_name[F.HISTORY_RATINGS].float_domain.min = low
+    by_name[F.HISTORY_RATINGS].float_domain.max = high
+    by_name[F.HISTORY_TIMESTAMPS].int_domain.min = 0
     by_name[F.RATING].float_domain.min = low
     by_name[F.RATING].float_domain.max = high
     by_name[F.TIMESTAMP].int_domain.min = 0
