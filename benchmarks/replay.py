@@ -3,7 +3,7 @@ on the same time split, from one invocation.
 
     .venv/bin/python benchmarks/replay.py [--data-dir ../shared/data/ml-100k]
         [--work-dir /tmp/movierec-replay] [--movierec-model OUT/serving/movierec]
-        [--run-movierec]
+        [--run-movierec] [--outside]
 
 The protocol is trainer/replay.py's: the ratings from the cutoff `movierec run --split
 time` uses (trainer.replay.time_cutoff, the newest 20%) are replayed in time order, each a
@@ -18,6 +18,16 @@ scored even when the blessing refused it), also movierec through its exported
 user's demographics) as the signatures' context inputs.
 Any layout `movierec run` reads works with --data-dir. Prints a markdown table; writes
 replay.json into --work-dir. Wall time per row: fitting and scoring every request.
+
+--outside (issue 13's outside check, with --run-movierec): a second model is trained on a
+directory that holds only the ratings before the cutoff (its ratings file and
+`oldest.base`, all of them, as the fold `fold:oldest`; `oldest.test`, their newest day, is
+the fold's eval split, read only by the pipeline's evaluators). The newest ratings are then
+asked of it from outside, through the public signatures only: `recommend_at` (k = 100, each
+rating's own timestamp, history = the user's earlier ratings, the user's demographics,
+`exclude_rated` false and true) for the top-K accuracies (the rank of the rated movie in
+the list; filtered: with exclude_rated) and `rate` for the RMSE. Prints them next to the
+time-split pipeline's own replay numbers and the largest difference (the check: <= 0.01).
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import sys
 import time
 
@@ -121,6 +132,108 @@ def run_movierec(data_dir: str, work_dir: str) -> tuple:
     return path_utils.serving_model_path(metrics["model"]), metrics
 
 
+OUTSIDE_FOLD = "oldest"
+OUTSIDE_TOLERANCE = 0.01
+_SEPARATORS = {"ml-100k": b"\t", "ml-1m": b"::"}  # ml-latest: CSV
+
+
+def oldest_directory(data_dir: str, layout: str, cutoff: int, work_dir: str) -> str:
+    """work_dir/oldest: data_dir's movie and user files and only its ratings before
+    `cutoff` (the layout's ratings file and OUTSIDE_FOLD.base hold them all,
+    OUTSIDE_FOLD.test the newest day of them), lines copied as they are."""
+    files = movielens.layout_files(layout)
+    out = pathlib.Path(work_dir) / "oldest"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for key in ("movies", "users"):
+        if files[key]:
+            shutil.copy(os.path.join(data_dir, files[key]), out / files[key])
+    header, old = [], []
+    with open(os.path.join(data_dir, files["ratings"]), "rb") as f:
+        for number, line in enumerate(f):
+            fields = line.rstrip(b"\r\n").split(_SEPARATORS.get(layout, b","))
+            if number == 0 and not fields[-1].strip().isdigit():
+                header.append(line)  # ml-latest's CSV header
+                continue
+            if not R.is_held_out(int(fields[3]), cutoff):
+                old.append((int(fields[3]), line))
+    newest = max(stamp for stamp, _ in old)
+    for name, lines in ((files["ratings"], old), (f"{OUTSIDE_FOLD}.base", old),
+                        (f"{OUTSIDE_FOLD}.test", [o for o in old if o[0] > newest - 86400])):
+        (out / name).write_bytes(b"".join(header + [line for _, line in lines]))
+    return str(out)
+
+
+def outside_metrics(model_dir: str, requests: R.Requests, data_dir: str, layout: str,
+                    batch_size: int) -> dict:
+    """The replay's top-K accuracies and RMSE of requests asked of an exported model from
+    outside: `recommend_at` (k = 100) without and with exclude_rated, and `rate`."""
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import tensorflow as tf
+
+    from components.movielens_example_gen.executor import user_values
+    from trainer import evaluation, saved_model
+    from trainer import signatures as S
+
+    model = saved_model.load(model_dir)
+    users = movielens.read_users(data_dir, layout)
+    ranks = {False: [], True: []}
+    predicted = []
+    for batch in requests.batches(batch_size):
+        n = len(batch)
+        people = [user_values(users.get(str(u))) for u in batch.user]
+        context = {**evaluation.history_inputs(batch),
+                   **{key: np.array([p[key] for p in people]) for key in S.DEMOGRAPHIC_INPUTS}}
+        asked = {S.USER_ID: batch.user.astype(str), S.TIMESTAMP: batch.timestamp, **context}
+        for exclude in ranks:
+            listed = saved_model.call(model, S.RECOMMEND_AT, **asked, **{
+                S.K: np.full(n, M.TOP_KS[-1]), S.EXCLUDE_RATED: np.full(n, exclude)})
+            ids = listed[S.MOVIE_IDS].numpy().astype(bytes)
+            hit = ids == batch.movie.astype(str).astype(bytes)[:, None]
+            ranks[exclude].append(np.where(hit.any(axis=1), hit.argmax(axis=1), ids.shape[1]))
+        rated = saved_model.call(model, S.RATE, **asked,
+                                 **{S.MOVIE_ID: batch.movie.astype(str)})[S.RATING]
+        predicted.append(tf.reshape(rated, [-1]).numpy())
+    out = {"requests": len(requests)}
+    for exclude, prefix in ((False, ""), (True, M.FILTERED)):
+        rank = np.concatenate(ranks[exclude])
+        out.update({f"{prefix}top_{k}_accuracy": float(np.mean(rank < k)) for k in M.TOP_KS})
+    error = np.concatenate(predicted) - requests.rating
+    out["rmse"] = float(np.sqrt(np.mean(error ** 2)))
+    return out
+
+
+def outside_check(args, layout: str, cutoff: int, requests: R.Requests,
+                  pipeline_metrics: dict) -> dict:
+    """Trains on the oldest directory (fold:oldest), asks it from outside, compares."""
+    from tfx.utils import path_utils
+
+    oldest = oldest_directory(args.data_dir, layout, cutoff, args.work_dir)
+    started = time.time()
+    run = run_pipeline(oldest, os.path.join(args.work_dir, "outside"), "--split",
+                       f"fold:{OUTSIDE_FOLD}")
+    trained_s = time.time() - started
+    model_dir = path_utils.serving_model_path(run["model"])
+    started = time.time()
+    asked = outside_metrics(model_dir, requests, oldest, layout, args.batch_size)
+    keys = [k for k in COLUMNS if k in asked]
+    differences = {k: asked[k] - pipeline_metrics[k] for k in keys}
+    largest = max(abs(d) for d in differences.values())
+    result = {"model": model_dir, "train_s": round(trained_s, 1),
+              "ask_s": round(time.time() - started, 1), "outside": asked,
+              "pipeline": {k: pipeline_metrics[k] for k in keys},
+              "differences": differences, "largest_difference": largest,
+              "within_tolerance": largest <= OUTSIDE_TOLERANCE}
+    lines = ["| metric | pipeline (time split) | outside (oldest only) | difference |",
+             "| --- | --- | --- | --- |"]
+    lines += [f"| {k} | {pipeline_metrics[k]:.4f} | {asked[k]:.4f} | {differences[k]:+.4f} |"
+              for k in keys]
+    print("\n".join(lines))
+    print(f"largest difference {largest:.4f} (tolerance {OUTSIDE_TOLERANCE}): "
+          f"{'within' if result['within_tolerance'] else 'OUTSIDE'}")
+    return result
+
+
 def measure(name: str, build, requests: R.Requests, batch_size: int) -> dict:
     started = time.time()
     metrics = R.evaluate(requests, build(), batch_size)
@@ -152,7 +265,12 @@ def main(argv=None) -> dict:
                         help="a pushed serving dir (OUT/serving/movierec) or a version dir")
     parser.add_argument("--run-movierec", action="store_true",
                         help="run `movierec run --split time` into --work-dir and score it")
+    parser.add_argument("--outside", action="store_true",
+                        help="with --run-movierec: also train on the oldest ratings only and "
+                             "ask that model from outside (recommend_at, rate)")
     args = parser.parse_args(argv)
+    if args.outside and not args.run_movierec:
+        parser.error("--outside compares with the pipeline's own numbers: add --run-movierec")
     os.makedirs(args.work_dir, exist_ok=True)
 
     started = time.time()
@@ -185,9 +303,12 @@ def main(argv=None) -> dict:
         setup["movierec_model"] = path
 
     result = {"setup": setup, "rows": rows, "pipeline_metrics": pipeline_metrics}
+    print(table(rows))
+    if args.outside:
+        result["outside_check"] = outside_check(args, layout, cutoff, requests,
+                                                pipeline_metrics)
     with open(os.path.join(args.work_dir, "replay.json"), "w") as f:
         json.dump(result, f, indent=1)
-    print(table(rows))
     return result
 
 

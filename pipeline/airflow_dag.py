@@ -31,7 +31,7 @@ movierec run prints after "movierec: error: ">``:
     "Retries"); ``0`` for none.
 ``MOVIEREC_RETRY_DELAY`` (default ``60``)
     Seconds before such a retry.
-``MOVIEREC_SPLIT`` (default ``random``)
+``MOVIEREC_SPLIT`` (default ``time``)
     ``random``, ``time`` or ``fold:NAME``, as ``--split``.
 ``MOVIEREC_SEED`` (default ``42``)
     Seed of the random split, as ``--seed``.

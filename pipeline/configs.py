@@ -33,7 +33,7 @@ class PipelineConfig:
     data_dir: str
     output_dir: str
     layout: str = ""  # detected from data_dir when empty
-    split: str = "random"  # a protocol of components/movielens_example_gen/splits.py
+    split: str = "time"  # a protocol of components/movielens_example_gen/splits.py (DEFAULT)
     seed: int = 42
     eval_fraction: float = 0.2
     # Trainer hyperparameters overriding trainer.model.HParams' defaults.
@@ -178,8 +178,16 @@ TRAINER_CODE = TRANSFORM_CODE + ("trainer/model.py", "trainer/towers.py",
                                   "trainer/fit.py", "trainer/distribution.py",
                                   "trainer/export.py", "trainer/signatures.py",
                                   "trainer/saved_model.py", "trainer/warm_start.py",
-                                  "trainer/neighborhood.py", "trainer/asymmetric.py")
+                                  "trainer/neighborhood.py", "trainer/asymmetric.py",
+                                  "trainer/popularity.py")
 TUNER_CODE = TRAINER_CODE + ("trainer/tuning.py",)
+# what MovieLensExampleGen runs: what it writes changes with them (e.g. the request context
+# of a time split's eval examples), so they key its cache as well as the input files
+EXAMPLE_GEN_CODE = ("components/movielens_example_gen/executor.py",
+                    "components/movielens_example_gen/movielens.py",
+                    "components/movielens_example_gen/splits.py", "trainer/examples.py",
+                    "trainer/features.py", "trainer/metrics.py", "trainer/replay.py",
+                    "trainer/signatures.py", "trainer/storage.py")
 
 
 # ----------------------------------------------------------------------- metadata store

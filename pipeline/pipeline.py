@@ -67,7 +67,8 @@ def create_pipeline(config: configs.PipelineConfig) -> Pipeline:
     example_gen = MovieLensExampleGen(
         data_dir=config.data_dir, layout=config.layout or None, split=config.split,
         seed=config.seed, eval_fraction=config.eval_fraction,
-        input_fingerprint=config.input_fingerprint)
+        input_fingerprint=config.input_fingerprint,
+        code=configs.code_fingerprint(*configs.EXAMPLE_GEN_CODE))
     examples = example_gen.outputs["examples"]
 
     # Statistics, the curated schema of this layout, and a gate that stops on anomalies.

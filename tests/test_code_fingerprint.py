@@ -37,6 +37,7 @@ def _trainer_imports(module: str, seen=None) -> set:
     ("trainer/preprocessing.py", configs.TRANSFORM_CODE),
     ("trainer/run.py", configs.TRAINER_CODE),
     ("trainer/tuning.py", configs.TUNER_CODE),
+    ("components/movielens_example_gen/executor.py", configs.EXAMPLE_GEN_CODE),
 ])
 def test_cache_digest_covers_every_module_the_component_runs(entry, covered):
     missing = _trainer_imports(entry) - set(covered)

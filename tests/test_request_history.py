@@ -214,6 +214,49 @@ def test_demographics_reach_an_unknown_user(model):
     assert not np.allclose(base, told)
 
 
+def test_a_request_with_nothing_gets_what_was_popular_near_its_time(model, example_files):
+    """No known user, no history, no demographics: the scores are each movie's number of
+    training ratings in the 1/50 of them (by time) that holds the request's time (after
+    the training data: the newest), plus its all-time count / (ratings + 1); counted here
+    from the training examples."""
+    spec = F.raw_feature_spec((F.QUERY_FEATURES[1], F.MOVIE_FEATURES[0]))
+    rated = [(int(x[F.TIMESTAMP].numpy()[0]), x[F.MOVIE_ID].numpy()[0].decode())
+             for x in (tf.io.parse_single_example(r, spec) for r in tf.data.TFRecordDataset(
+                 example_files["train"], compression_type="GZIP"))]
+    times = sorted(t for t, _ in rated)
+    n = len(times)
+    edges = [times[(b * n) // 50] for b in range(1, 50)]
+    ids = [m.decode() for m in model.movie_ids.numpy()]
+
+    def expected(when):
+        starts = [e for e in edges if e <= when]
+        low = starts[-1] if starts else -np.inf
+        high = min([e for e in edges if e > when], default=np.inf)
+        near = [m for t, m in rated if low <= t < high]
+        return np.array([near.count(i) + sum(m == i for _, m in rated) / (n + 1)
+                         for i in ids])
+
+    for when in (times[-1] + 86400, times[n // 2], times[n // 5]):
+        got = _scores(model, "stranger", when)
+        assert not got[S.KNOWN_USER].numpy()[0]
+        np.testing.assert_allclose(got[S.SCORES].numpy()[0], expected(when), rtol=1e-5)
+    assert not np.allclose(expected(times[-1] + 1), expected(times[n // 5]))
+    top = saved_model.call(model, S.RECOMMEND_AT, user_id=tf.constant(["stranger", "1"]),
+                           timestamp=tf.constant([times[n // 2]] * 2, tf.int64),
+                           k=tf.constant([10, 10], tf.int64))
+    want = expected(times[n // 2])
+    shown = [ids.index(m.decode()) for m in top[S.MOVIE_IDS].numpy()[0]]
+    np.testing.assert_allclose(want[shown], np.sort(want)[::-1][:10], rtol=1e-6)
+    # a known user, a history or a demographic: the towers answer, not the counts
+    known = _scores(model, "1", times[n // 2])[S.SCORES].numpy()[0]
+    aged = _scores(model, "stranger", times[n // 2],
+                   user_age=tf.constant([30], tf.int64))[S.SCORES].numpy()[0]
+    told = _scores(model, "stranger", times[n // 2],
+                   **_history([ids[0]], [4.0], [times[0]]))[S.SCORES].numpy()[0]
+    for scores in (known, aged, told):
+        assert not np.allclose(scores, want)
+
+
 def test_rate_and_serving_default_read_the_request_history(model, synth_data):
     mine = _user_ratings(synth_data, "1")
     movies = [_movie_id(synth_data, m) for m in mine["movie"]]

@@ -25,7 +25,10 @@ user the model never saw is answered from their history and demographics
 `recommend_at` does where exclude_rated is true. Both say, per recommended movie, `because`:
 the movie of that history (its training movies) whose candidate embedding is the most
 cosine-similar to the recommended one's, among the movies the user rated at or above their
-own mean rating (among all of them when none is); "" for an empty history.
+own mean rating (among all of them when none is); "" for an empty history. A request that
+names no user the model knows, no history and no demographics is answered (recommend,
+recommend_at, score_catalog) by what was popular near its time (trainer/popularity.py;
+its scores are those counts), not by the towers.
 
 The catalog can grow after training (`movierec catalog add`, serving/catalog.py): its
 state (movie_ids, movie_titles, candidate_embeddings, the movies' genres and years, the
@@ -51,6 +54,7 @@ import tensorflow_recommenders as tfrs
 from trainer import features as F
 from trainer import signatures as S
 from trainer.history import HistoryMerge, rows_mask
+from trainer.popularity import TimePopularity
 from trainer.signatures import DEFAULT_K, MAX_K
 
 INDEXES = ("brute_force", "scann")
@@ -109,10 +113,13 @@ _CONTEXT_SPECS = [
 
 class MovieRecExport(tf.Module):
     def __init__(self, model, tft_layer, catalog: dict, users: dict, popularity: np.ndarray,
-                 index: str = "brute_force"):
+                 index: str = "brute_force", recent: tuple | None = None):
         """catalog: raw movie columns (F.MOVIE_FEATURES; genres a list per movie);
         users: raw user columns (F.USER_ID + F.USER_SIDE_FEATURES);
-        popularity: training rating count per catalog row."""
+        popularity: training rating count per catalog row;
+        recent: trainer.popularity.time_buckets' (edges, table) over the catalog rows, the
+        answer to a request with no known user, no history and no demographics (None: the
+        all-time counts, `popularity`, in one bucket)."""
         super().__init__()
         self.tft_layer = tft_layer
         self.query_tower = model.query_tower
@@ -161,6 +168,9 @@ class MovieRecExport(tf.Module):
         # model); rows add_movies appends are scored exactly (_retrieve)
         self.indexed = n
         self._index_top = min(self._candidates, n)
+        if recent is None:
+            recent = (np.zeros([0], np.int64), np.asarray(popularity, np.float32)[None, :])
+        self.time_popularity = TimePopularity(*recent)
         self._k_max = min(MAX_K, n)  # the exported catalog: it only grows
         self.index_kind = index
         self.index = make_index(index, embeddings, np.arange(n), self._index_top)
@@ -263,6 +273,23 @@ class MovieRecExport(tf.Module):
         xf, known, seen, read = self._query_features(user_id, timestamp, context)
         return self.query_tower(xf, training=False), known, seen, read
 
+    @staticmethod
+    def _anonymous(known, seen, context):
+        """[batch] bool: requests that name no user the model knows, no catalog movie in
+        their history and no demographic: the ones time-aware popularity answers."""
+        given = tf.reduce_any(seen >= 0, axis=1)
+        for f in F.USER_SIDE_FEATURES:
+            value = context[f.name]
+            given |= tf.not_equal(value, "" if f.dtype == tf.string else tf.zeros_like(value))
+        return ~known & ~given
+
+    def _popular(self, timestamp):
+        """[batch, catalog]: trainer/popularity.py's scores at each request's time (the
+        movies added after training: 0)."""
+        popular = self.time_popularity(timestamp)
+        return tf.pad(popular, [[0, 0], [0, tf.cast(self._size(), tf.int32)
+                                         - tf.shape(popular)[1]]])
+
     def _because(self, rows, history):
         """[batch, k] string: for each recommended catalog row (`rows`, [batch, k]), the
         movie id of the user's history movie (`history`: catalog rows and centred ratings,
@@ -313,12 +340,14 @@ class MovieRecExport(tf.Module):
         n = tf.cast(self._size(), tf.int32)
         k = (min(max(k, 1), self._k_max) if isinstance(k, int)
              else tf.clip_by_value(k, 1, tf.minimum(MAX_K, n)))
-        query, known, seen, read = self._scores(user_id, self._now_if_unset(timestamp),
-                                                context)
+        timestamp = self._now_if_unset(timestamp)
+        query, known, seen, read = self._scores(user_id, timestamp, context)
+        anonymous = self._anonymous(known, seen, context)
         if self.index_kind == "brute_force":
-            # exact: every catalog movie's score (added movies too), the excluded ones at
-            # -inf, then the best k (one top-k of k)
+            # exact: every catalog movie's score (added movies too; an anonymous request's
+            # are the popularity near its time), the excluded ones at -inf, then the best k
             scores = tf.matmul(query, self.candidate_embeddings, transpose_b=True)
+            scores = tf.where(anonymous[:, None], self._popular(timestamp), scores)
             excluded = self._seen_mask(seen) & exclude[:, None]
             scores = tf.where(excluded, tf.fill(tf.shape(scores), -np.inf), scores)
             scores, rows = tf.math.top_k(scores, k=k)
@@ -330,6 +359,14 @@ class MovieRecExport(tf.Module):
             order = tf.argsort(tf.cast(excluded, tf.int32), axis=1, stable=True)[:, :k]
             rows = tf.gather(rows, order, batch_dims=1)
             scores = tf.gather(scores, order, batch_dims=1)
+            # anonymous requests (no history: nothing to exclude): the most popular near
+            # their time, computed only when the batch has one
+            popular, popular_rows = tf.cond(
+                tf.reduce_any(anonymous),
+                lambda: tf.math.top_k(self._popular(timestamp), k=tf.shape(rows)[1]),
+                lambda: (scores, tf.cast(rows, tf.int32)))
+            scores = tf.where(anonymous[:, None], popular, scores)
+            rows = tf.where(anonymous[:, None], tf.cast(popular_rows, rows.dtype), rows)
         return {
             S.MOVIE_IDS: tf.gather(self.movie_ids, rows),
             S.MOVIE_TITLES: tf.gather(self.movie_titles, rows),
@@ -377,8 +414,11 @@ class MovieRecExport(tf.Module):
         """Scores of every catalog movie (for evaluation): [batch, catalog]."""
         context = self._context(history_movie_ids, history_ratings, history_timestamps,
                                 user_age, user_gender, user_occupation, user_zip)
-        query, known, _, _ = self._scores(user_id, self._now_if_unset(timestamp), context)
-        return {S.SCORES: tf.matmul(query, self.candidate_embeddings, transpose_b=True),
+        timestamp = self._now_if_unset(timestamp)
+        query, known, seen, _ = self._scores(user_id, timestamp, context)
+        scores = tf.matmul(query, self.candidate_embeddings, transpose_b=True)
+        anonymous = self._anonymous(known, seen, context)
+        return {S.SCORES: tf.where(anonymous[:, None], self._popular(timestamp), scores),
                 S.KNOWN_USER: known}
 
     def _rate(self, xf):

@@ -19,6 +19,7 @@ import tensorflow_transform as tft
 
 from trainer import data, distribution, export
 from trainer import features as F
+from trainer import popularity
 from trainer.fit import fit, fit_neighborhood
 from trainer.model import HParams, Vocab
 
@@ -56,8 +57,11 @@ def train_and_export(train_files, catalog_files, transform_output: str, serving_
     catalog, catalog_xf_ids = data.load_catalog(data.tfrecord_files(catalog_files), tft_layer)
     chief = distribution.is_chief(strategy)
     if chief:
+        edges, table = popularity.time_buckets(train[F.MOVIE_ID_XF], train[F.TIMESTAMP_XF],
+                                               vocab.sizes[F.MOVIE_ID_XF])
         module = export.MovieRecExport(model, tft_layer, catalog, users,
-                                       popularity=counts[catalog_xf_ids], index=hp.index)
+                                       popularity=counts[catalog_xf_ids], index=hp.index,
+                                       recent=(edges, table[:, catalog_xf_ids]))
         export.save(module, serving_dir)
     history = {k: [float(x) for x in v] for k, v in history.items()}
     summary = {"history": history, "hparams": json.loads(hp.to_json()),

@@ -23,6 +23,8 @@ class MovieLensExampleGenSpec(ComponentSpec):
         "seed": ExecutionParameter(type=int),
         "eval_fraction": ExecutionParameter(type=float),
         "input_fingerprint": ExecutionParameter(type=str),
+        # a digest of the code that writes the examples (pipeline.configs.EXAMPLE_GEN_CODE)
+        "code": ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {}
     OUTPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples)}
@@ -34,7 +36,7 @@ class MovieLensExampleGen(base_beam_component.BaseBeamComponent):
 
     def __init__(self, data_dir: str, layout: str | None = None, split: str = splits.DEFAULT,
                  seed: int = 42, eval_fraction: float = 0.2,
-                 input_fingerprint: str | None = None):
+                 input_fingerprint: str | None = None, code: str = ""):
         """data_dir: a MovieLens directory (layout detected when not given);
         split: 'random' (seeded 80/20, the seeds' protocol), 'time' (the newest ratings
         held out) or 'fold:NAME' (NAME.base / NAME.test, e.g. ml-100k's fold:u1)."""
@@ -47,4 +49,4 @@ class MovieLensExampleGen(base_beam_component.BaseBeamComponent):
             split=split, seed=int(seed), eval_fraction=float(eval_fraction),
             input_fingerprint=(input_fingerprint if input_fingerprint is not None
                                else movielens.fingerprint(data_dir)),
-            examples=types.Channel(type=standard_artifacts.Examples)))
+            code=code, examples=types.Channel(type=standard_artifacts.Examples)))

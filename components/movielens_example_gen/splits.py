@@ -1,7 +1,8 @@
 """How MovieLensExampleGen divides ratings into train and eval: the split protocols.
 
+  time       the newest share of ratings held out (one global time cutoff), measured by the
+             replay protocol (trainer/replay.py): the default, what a production retrain faces
   random     a seeded, deterministic share of ratings held out (the seeds' protocol)
-  time       the newest share of ratings held out (one global time cutoff)
   fold:NAME  a predefined split: NAME.base for train, NAME.test for eval (ml-100k's u1 ... u5,
              ua, ub)
 
@@ -13,9 +14,10 @@ from __future__ import annotations
 RANDOM = "random"
 TIME = "time"
 FOLD_PREFIX = "fold:"
-DEFAULT = RANDOM
+DEFAULT = TIME  # the split a production retrain faces: the future
 PROTOCOLS = (RANDOM, TIME, FOLD_PREFIX + "NAME")
-HELP = (f"{RANDOM}: seeded 80/20 (default); {TIME}: newest 20%% held out; "
+HELP = (f"{TIME}: newest 20%% held out, measured by the replay protocol (default); "
+        f"{RANDOM}: seeded 80/20 (the seeds' protocol); "
         f"{FOLD_PREFIX}NAME: NAME.base/NAME.test (ml-100k's {FOLD_PREFIX}u1 ... "
         f"{FOLD_PREFIX}u5)")
 
