@@ -185,26 +185,32 @@ def test_anomalies_stop_the_run_before_transform(first_run, tmp_path, synth_data
 
 
 def test_evaluate_the_pushed_model_from_outside(first_run, ml100k_dir, tmp_path, capsys):
-    """`movierec evaluate` queries both signatures for raw ratings; on exactly the eval
-    split's ratings it reproduces the numbers the pipeline recorded."""
+    """`movierec evaluate` queries the signatures for raw ratings; on exactly the split's
+    ratings, replayed (the default split is a time split), it reproduces the numbers the
+    pipeline recorded."""
     _, out = first_run
     capsys.readouterr()
     assert cli.main(["inspect", "metrics", "--output-dir", str(out), "--json"]) == 0
     recorded = json.loads(capsys.readouterr().out)
+    assert recorded["protocol"] == "replay"
 
     data = tmp_path / "data"
     shutil.copytree(ml100k_dir, data)
-    files = [str(p) for p in pathlib.Path(recorded["examples"]).glob("Split-eval/*")]
     spec = {k: tf.io.FixedLenFeature([1], t) for k, t in (
         ("user_id", tf.string), ("movie_id", tf.string), ("rating", tf.float32),
         ("timestamp", tf.int64))}
-    with open(data / "eval.data", "w") as f:
-        for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
-            e = {k: v.numpy()[0] for k, v in tf.io.parse_single_example(record, spec).items()}
-            f.write(f"{e['user_id'].decode()}\t{e['movie_id'].decode()}\t"
-                    f"{int(e['rating'])}\t{e['timestamp']}\n")
+    for split in ("train", "eval"):
+        files = [str(p) for p in pathlib.Path(recorded["examples"]).glob(f"Split-{split}/*")]
+        with open(data / f"{split}.data", "w") as f:
+            for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+                e = {k: v.numpy()[0]
+                     for k, v in tf.io.parse_single_example(record, spec).items()}
+                f.write(f"{e['user_id'].decode()}\t{e['movie_id'].decode()}\t"
+                        f"{int(e['rating'])}\t{e['timestamp']}\n")
     assert cli.main(["evaluate", "--model", str(out / "serving" / "movierec"),
-                     "--data-dir", str(data), "--ratings-file", "eval.data", "--json"]) == 0
+                     "--data-dir", str(data), "--ratings-file", "eval.data",
+                     "--protocol", "replay", "--train-ratings-file", "train.data",
+                     "--json"]) == 0
     outside = json.loads(capsys.readouterr().out)
     assert outside["rating_examples"] == recorded["example_count"]
     assert outside["rmse"] == pytest.approx(recorded["rmse"], abs=1e-3)

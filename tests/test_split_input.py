@@ -19,6 +19,7 @@ from tfx.types import standard_artifacts
 from components.movielens_example_gen import executor, splits, synth
 from components.movielens_example_gen import movielens as ml
 from pipeline import cli
+from trainer import examples as ex
 from trainer import features as F
 
 TRAIN, EVAL = F.TRAIN_SPLIT, F.EVAL_SPLIT
@@ -273,11 +274,25 @@ def unsplit(data_dir, split="random", seed=42, eval_fraction=0.2):
     encoder = executor.ExampleEncoder(movies, users)
     cutoff = executor.time_cutoff(data_dir, layout, eval_fraction) if split == "time" else 0
     out = {TRAIN: [], EVAL: []}
+    every = []
     for file_name, fixed_split in splits.ratings_sources(split):
         for rating in ml.iter_ratings(data_dir, layout, file_name):
             where = executor.split_of(rating, fixed_split, split, seed, eval_fraction, cutoff)
-            out[where].append(encoder.encode(rating))
-    return {s: digests(records) for s, records in out.items()}
+            out[where].append(rating)
+            every.append(rating)
+    records = {s: [encoder.encode(r) for r in rated] for s, rated in out.items()}
+    if split == "time":  # an eval example carries its user's latest 1,000 earlier ratings
+        by_user = {}
+        for r in every:
+            by_user.setdefault(r.user_id, []).append((r.timestamp, r.movie_id, r.rating))
+        records[EVAL] = []
+        for r in out[EVAL]:
+            earlier = sorted(x for x in by_user[r.user_id] if x[0] < r.timestamp)[-1000:]
+            records[EVAL].append(ex.example(encoder.entries(r), ex.entries({
+                "history_movie_ids": [m for _, m, _ in earlier],
+                "history_ratings": [v for *_, v in earlier],
+                "history_timestamps": [t for t, *_ in earlier]})))
+    return {s: digests(rs) for s, rs in records.items()}
 
 
 @pytest.mark.parametrize("split", ["random", "time", "fold:u1"])
