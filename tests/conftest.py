@@ -26,6 +26,21 @@ def ml100k_dir(tmp_path_factory, synth_data):
 
 
 @pytest.fixture(scope="session")
+def default_run(tmp_path_factory, ml100k_dir):
+    """The output directory of one `movierec run` with the default split (time) on the tiny
+    data, shared by the modules that only read it (the report, the replay's checks): a
+    test that runs into it again or changes it needs a run of its own."""
+    from pipeline import cli
+
+    out = tmp_path_factory.mktemp("default-run") / "output"
+    assert cli.main(["run", "--data-dir", str(ml100k_dir), "--output-dir", str(out),
+                     "--epochs", "3", "--batch-size", "256", "--rmse-upper-bound", "2.0",
+                     "--beam-pipeline-args=--direct_num_workers=1 "
+                     "--direct_running_mode=in_memory"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def example_files(tmp_path_factory, ml100k_dir):
     """Gzipped TFRecords of train/eval/catalog examples, as MovieLensExampleGen writes them."""
     import tensorflow as tf

@@ -1,5 +1,5 @@
 """A time split is measured by the replay protocol (issue 13), in the pipeline and from
-outside: `movierec run --split time` on tiny data, then its metrics against a slow,
+outside: `movierec run` (its default split is the time split) on tiny data, then its metrics against a slow,
 obvious Python loop over the model's own `score_catalog` answers (each request given its
 user's earlier ratings and demographics), and against `movierec
 evaluate --protocol replay` on the same ratings as two files of a MovieLens directory."""
@@ -13,8 +13,6 @@ import tensorflow as tf
 
 from pipeline import cli
 
-FAST = ["--epochs", "3", "--batch-size", "256", "--rmse-upper-bound", "2.0",
-        "--beam-pipeline-args=--direct_num_workers=1 --direct_running_mode=in_memory"]
 TOP_KS = (1, 5, 10, 50, 100)
 
 
@@ -25,11 +23,9 @@ def _json(capsys, *argv) -> dict:
 
 
 @pytest.fixture(scope="module")
-def time_run(tmp_path_factory, ml100k_dir):
-    out = tmp_path_factory.mktemp("replay-run") / "output"
-    assert cli.main(["run", "--data-dir", str(ml100k_dir), "--output-dir", str(out),
-                     "--split", "time", *FAST]) == 0
-    return out
+def time_run(default_run):
+    """`movierec run` on tiny data: its default split is the time split."""
+    return default_run
 
 
 def _ratings(uri: str):

@@ -141,11 +141,8 @@ window.addEventListener("load", function () {
 
 # ------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def output_dir(tmp_path_factory, ml100k_dir):
-    out = tmp_path_factory.mktemp("report-run") / "output"
-    assert cli.main(["run", "--data-dir", str(ml100k_dir), "--output-dir", str(out),
-                     *FAST]) == 0
-    return out
+def output_dir(default_run):
+    return default_run
 
 
 @pytest.fixture(scope="module")

@@ -40,16 +40,23 @@ def _layout_domains(layout: str) -> dict:
     return {"genres": None, "occupations": None, "genders": None, "ages": (0, 0)}
 
 
+_TYPES = {"string": schema_pb2.BYTES, "int64": schema_pb2.INT, "float32": schema_pb2.FLOAT}
+
+
+def _add(schema: schema_pb2.Schema, raw: F.RawFeature, required: bool):
+    feature = schema.feature.add(name=raw.name)
+    feature.type = _TYPES[raw.dtype.name]
+    feature.presence.min_fraction = 1.0 if required else 0.0
+    feature.presence.min_count = 1 if required else 0
+    return feature
+
+
 def schema_for(layout: str) -> schema_pb2.Schema:
     domains = _layout_domains(layout)
     low, high = movielens.RATING_RANGE[layout]
     schema = schema_pb2.Schema()
     for raw in F.RATING_EXAMPLE_FEATURES:
-        feature = schema.feature.add(name=raw.name)
-        feature.type = {"string": schema_pb2.BYTES, "int64": schema_pb2.INT,
-                        "float32": schema_pb2.FLOAT}[raw.dtype.name]
-        feature.presence.min_fraction = 1.0
-        feature.presence.min_count = 1
+        feature = _add(schema, raw, required=True)
         if raw.multivalent:
             feature.value_count.min = 0 if layout == "ml-latest" else 1
         else:
@@ -57,11 +64,7 @@ def schema_for(layout: str) -> schema_pb2.Schema:
     # A time split's eval examples carry their request context (the user's ratings before
     # them, MovieLensExampleGen); train examples, and every example of other splits, do not.
     for raw in F.HISTORY_FEATURES:
-        feature = schema.feature.add(name=raw.name)
-        feature.type = {"string": schema_pb2.BYTES, "int64": schema_pb2.INT,
-                        "float32": schema_pb2.FLOAT}[raw.dtype.name]
-        feature.presence.min_fraction = 0.0
-        feature.presence.min_count = 0
+        feature = _add(schema, raw, required=False)
         feature.value_count.min = 0
         feature.value_count.max = S.MAX_HISTORY
     by_name = {f.name: f for f in schema.feature}
