@@ -146,10 +146,15 @@ def _print_summary(summary: dict, out):
                                           else str(value))
 
     print("summary:", file=out)
+    if summary.get("protocol"):
+        print(f"  protocol   {summary['protocol']}", file=out)
     print(f"  rating     rmse {fmt('rmse')}  mae {fmt('mae')}  "
           f"examples {fmt('example_count')}", file=out)
-    print("  retrieval  " + "  ".join(
-        f"top{k} {fmt(f'top_{k}_accuracy')}" for k in (1, 5, 10, 50, 100)), file=out)
+    for name, prefix in (("retrieval", ""), ("filtered", "filtered_")):
+        if name == "retrieval" or f"{prefix}top_1_accuracy" in summary:
+            print(f"  {name:<10} " + "  ".join(
+                f"top{k} {fmt(f'{prefix}top_{k}_accuracy')}" for k in (1, 5, 10, 50, 100)),
+                file=out)
     print(f"  blessed    {fmt('blessed')}", file=out)
     print(f"  pushed     {summary.get('pushed_model') or 'not pushed'}", file=out, flush=True)
 

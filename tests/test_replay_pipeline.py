@@ -114,6 +114,19 @@ def _contexts(uri: str) -> list:
     return out
 
 
+def test_the_summary_shows_the_replay_numbers(time_run, capsys):
+    shown = _json(capsys, "inspect", "metrics", "--output-dir", str(time_run))
+    assert cli.main(["inspect", "metrics", "--output-dir", str(time_run)]) == 0
+    lines = {line.split()[0]: line.split()[1:]
+             for line in capsys.readouterr().out.splitlines()[1:]}
+    assert lines["protocol"] == ["replay"]
+    for name, prefix in (("retrieval", ""), ("filtered", "filtered_")):
+        values = dict(zip(lines[name][::2], lines[name][1::2]))
+        assert values == {f"top{k}": f"{shown[f'{prefix}top_{k}_accuracy']:.4f}"
+                          for k in TOP_KS}
+    assert lines["rating"][:2] == ["rmse", f"{shown['rmse']:.4f}"]
+
+
 def test_eval_examples_carry_their_request_context(time_run, capsys):
     """On a time split each eval example holds what its replay request knows: its user's
     ratings strictly before it, in train or eval; so TFMA, reading those examples through
