@@ -132,6 +132,18 @@ def fit(train: Ratings, vocab: Vocab, hp: HParams, validation: Ratings | None = 
     return model, counts, history.history
 
 
+def fit_factorization(model, train: Ratings, vocab: Vocab) -> float:
+    """Fits the trained model's factorization (trainer/factorization.py, a layer of its
+    rating model) on `train`; returns the seconds it took (0 when the model has none).
+    Plain numpy, the same on every worker."""
+    layer = model.rating_model.factorization
+    if layer is None:
+        return 0.0
+    return layer.fit(train[F.USER_ID_XF], train[F.MOVIE_ID_XF], train[F.TIMESTAMP_XF],
+                     train[F.RATING_XF], vocab.sizes[F.USER_ID_XF],
+                     vocab.sizes[F.MOVIE_ID_XF], model.mean_rating)
+
+
 def fit_neighborhood(model, train: Ratings, vocab: Vocab) -> float:
     """Fits the trained model's residual neighbourhood (trainer/neighborhood.py, a layer of
     its rating model) to its errors on `train`; returns the seconds it took (0 when the

@@ -20,6 +20,7 @@ from trainer import features as F
 from trainer.embedding import TaggedEmbedding
 from trainer.asymmetric import HistoryRatingHead
 from trainer.history import StoredHistory, rows_mask, user_history
+from trainer.factorization import FoldedFactorization
 from trainer.neighborhood import ResidualNeighborhood
 from trainer.towers import candidate_tower, mlp, query_tower
 
@@ -99,6 +100,22 @@ class HParams:
     residual_knn_weight: float = 1.0
     residual_session_weight: float = 0.5
     residual_session_tau: float = 60.0
+    # The factorization blended into the rating (trainer/factorization.py): a biased MF of
+    # mf_dim factors fitted by ALS after training (mf_iterations rounds; factors shrunk by
+    # mf_l2, biases by mf_bias_l2), the user folded in from their history at the request;
+    # rating = (1 - mf_weight) * the heads' + mf_weight * its (mf_dim 0: off).
+    mf_dim: int = 20
+    mf_l2: float = 15.0
+    mf_bias_l2: float = 5.0
+    mf_iterations: int = 10
+    mf_weight: float = 0.6
+    # ... and its fold-in weights a history rating of age a by 2^(-a / half-life) + 0.1
+    # (0: every rating the same). mf_* chosen on ML-100K's random split (l2, weight) and
+    # replay (the fold-in's), docs/benchmarks.md.
+    mf_half_life_days: float = 7.0
+    # ... and shrinks the folded-in factors towards the trained ones (0 for an unknown
+    # user) by mf_fold_l2 (0: mf_l2).
+    mf_fold_l2: float = 10.0
     # Retrieval index in the exported model: "brute_force" (exact) or "scann" (approximate,
     # for catalogs of tens of thousands of movies and more).
     index: str = "brute_force"
@@ -230,7 +247,8 @@ class RatingHead(tf.keras.layers.Layer):
 class RatingModel(tf.keras.layers.Layer):
     """The mean of `rating_heads` independently initialised and trained rating heads (an
     ensemble inside the model: each head learns from its own loss), plus the residual
-    neighbourhood's correction (trainer/neighborhood.py) outside training.
+    neighbourhood's correction (trainer/neighborhood.py), then blended with the
+    factorization (trainer/factorization.py), outside training.
 
     The neighbourhood is a layer of the model from the start (hp's residual_* settings;
     None when they turn it off); it corrects nothing until it is fitted to the heads'
@@ -253,6 +271,7 @@ class RatingModel(tf.keras.layers.Layer):
             self.heads = [RatingHead(vocab, hp, mean_rating, raters, name=f"rating_head_{i}")
                           for i in range(count)]
         self.neighborhood = ResidualNeighborhood.from_hparams(hp)
+        self.factorization = FoldedFactorization.from_hparams(hp)
 
     def factor_rating(self, features, query_embedding, candidate_embedding, training=False):
         """The heads' mean rating, without the neighbourhood's correction."""
@@ -266,6 +285,9 @@ class RatingModel(tf.keras.layers.Layer):
                                     training=training)
         if not training and self.neighborhood is not None and self.neighborhood.fitted:
             rating += self.neighborhood(features)
+        mf = self.factorization
+        if not training and mf is not None and mf.fitted:
+            rating = (1.0 - mf.weight) * rating + mf.weight * mf(features)
         if not training and self.rating_range is not None:  # as a rating can be
             rating = tf.clip_by_value(rating, *self.rating_range)
         return rating

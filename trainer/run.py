@@ -20,7 +20,7 @@ import tensorflow_transform as tft
 from trainer import data, distribution, export
 from trainer import features as F
 from trainer import popularity
-from trainer.fit import fit, fit_neighborhood
+from trainer.fit import fit, fit_factorization, fit_neighborhood
 from trainer.model import HParams, Vocab
 
 
@@ -54,6 +54,7 @@ def train_and_export(train_files, catalog_files, transform_output: str, serving_
     model, counts, history = fit(train, vocab, hp, validation,
                                  initialize=initialize if base_model else None)
     neighborhood_seconds = fit_neighborhood(model, train, vocab)
+    factorization_seconds = fit_factorization(model, train, vocab)
     catalog, catalog_xf_ids = data.load_catalog(data.tfrecord_files(catalog_files), tft_layer)
     chief = distribution.is_chief(strategy)
     if chief:
@@ -71,6 +72,7 @@ def train_and_export(train_files, catalog_files, transform_output: str, serving_
                "catalog_size": int(len(catalog_xf_ids)),
                "replicas": distribution.replicas(strategy),
                "neighborhood_seconds": round(neighborhood_seconds, 1),
+               "factorization_seconds": round(factorization_seconds, 1),
                "warm_start": {"base_model": base_model, **warm} if base_model else None,
                "seconds": round(time.time() - started, 1)}
     if log_dir and chief:
