@@ -113,6 +113,14 @@ def test_fold_in_keeps_a_known_users_factors_and_learns_an_unknown_one(layer):
     assert got < rated(prior[4], 7)  # a 1-star rating pulls them down
 
 
+def test_without_history_features_a_user_gets_their_trained_factors(layer):
+    """A model trained with history_len=0 has no history features to fold in."""
+    fitted, _ = layer
+    features = _features(4, 7)
+    plain = {k: features[k] for k in (F.USER_ID_XF, F.MOVIE_ID_XF)}
+    assert fitted(plain).numpy()[0] == pytest.approx(fitted(features).numpy()[0], abs=1e-5)
+
+
 def test_fold_in_weights_older_ratings_less_with_a_half_life():
     u, m, r, t = _ratings()
     mean = float(r.mean())

@@ -148,6 +148,8 @@ class FoldedFactorization(tf.keras.layers.Layer):
         users = tf.reshape(features[F.USER_ID_XF], [-1])
         movie = tf.gather(self.movie_terms, tf.reshape(features[F.MOVIE_ID_XF], [-1]) + 1)
         prior = tf.gather(self.user_prior, users)  # [batch, k]
+        if F.HISTORY_IDS_XF not in features:  # a model without history (history_len=0)
+            return self._rated(prior, movie)
         ids = features[F.HISTORY_IDS_XF]
         history = tf.gather(self.movie_terms, ids)  # [batch, L, k]
         times = features[F.HISTORY_TIMES_XF]
@@ -163,6 +165,9 @@ class FoldedFactorization(tf.keras.layers.Layer):
         gram = tf.matmul(xw, x, transpose_a=True) + self.regularizer  # [batch, k, k]
         rhs = (tf.reduce_sum(xw * target[..., None], axis=1)
                + tf.linalg.matvec(self.regularizer, prior))
-        folded = tf.linalg.solve(gram, rhs[..., None])[..., 0]
-        return (self.mean + movie[:, 0] + folded[:, 0]
-                + tf.reduce_sum(folded[:, 1:] * movie[:, 1:], axis=1))
+        return self._rated(tf.linalg.solve(gram, rhs[..., None])[..., 0], movie)
+
+    def _rated(self, user, movie):
+        """mu + b_m + b_u + p_u . q_m of [batch, k] user and movie terms."""
+        return (self.mean + movie[:, 0] + user[:, 0]
+                + tf.reduce_sum(user[:, 1:] * movie[:, 1:], axis=1))
