@@ -267,6 +267,16 @@ def test_scann_index_exports_and_agrees_with_brute_force(exported, tmp_path, exa
     b = saved_model.call(exact, "recommend", user_id=users)["movie_ids"].numpy()
     overlap = np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(a, b)])
     assert overlap >= 0.9  # same seed, same weights; only the index differs
+    # an anonymous request (no known user, history or demographics) in a batch with known
+    # users: both indexes answer it with the same popularity near its time
+    asked = tf.constant(["nobody", "1"])
+    when = {"timestamp": tf.constant([0, 0], tf.int64), "k": tf.constant([10, 10], tf.int64)}
+    a = saved_model.call(scann_model, "recommend_at", user_id=asked, **when)
+    b = saved_model.call(exact, "recommend_at", user_id=asked, **when)
+    np.testing.assert_allclose(a["scores"].numpy()[0], b["scores"].numpy()[0], rtol=1e-6)
+    popular = saved_model.call(exact, "score_catalog", user_id=asked[:1],
+                               timestamp=when["timestamp"][:1])["scores"].numpy()[0]
+    np.testing.assert_allclose(a["scores"].numpy()[0], np.sort(popular)[::-1][:10], rtol=1e-6)
 
 
 def test_early_stopping_keeps_the_best_validation_epoch(example_files, transform_dir):

@@ -363,7 +363,7 @@ class MovieRecExport(tf.Module):
             # their time, computed only when the batch has one
             popular, popular_rows = tf.cond(
                 tf.reduce_any(anonymous),
-                lambda: tf.math.top_k(self._popular(timestamp), k=tf.shape(rows)[1]),
+                lambda: tuple(tf.math.top_k(self._popular(timestamp), k=tf.shape(rows)[1])),
                 lambda: (scores, tf.cast(rows, tf.int32)))
             scores = tf.where(anonymous[:, None], popular, scores)
             rows = tf.where(anonymous[:, None], tf.cast(popular_rows, rows.dtype), rows)
