@@ -134,13 +134,13 @@ def run_movierec(data_dir: str, work_dir: str) -> tuple:
 
 OUTSIDE_FOLD = "oldest"
 OUTSIDE_TOLERANCE = 0.01
-_SEPARATORS = {"ml-100k": b"\t", "ml-1m": b"::"}  # ml-latest: CSV
 
 
 def oldest_directory(data_dir: str, layout: str, cutoff: int, work_dir: str) -> str:
     """work_dir/oldest: data_dir's movie and user files and only its ratings before
     `cutoff` (the layout's ratings file and OUTSIDE_FOLD.base hold them all,
-    OUTSIDE_FOLD.test the newest day of them), lines copied as they are."""
+    OUTSIDE_FOLD.test the newest day of them), lines copied as they are: the product's
+    reader says where each rating's line starts and its time in seconds."""
     files = movielens.layout_files(layout)
     out = pathlib.Path(work_dir) / "oldest"
     shutil.rmtree(out, ignore_errors=True)
@@ -148,15 +148,16 @@ def oldest_directory(data_dir: str, layout: str, cutoff: int, work_dir: str) -> 
     for key in ("movies", "users"):
         if files[key]:
             shutil.copy(os.path.join(data_dir, files[key]), out / files[key])
-    header, old = [], []
-    with open(os.path.join(data_dir, files["ratings"]), "rb") as f:
-        for number, line in enumerate(f):
-            fields = line.rstrip(b"\r\n").split(_SEPARATORS.get(layout, b","))
-            if number == 0 and not fields[-1].strip().isdigit():
-                header.append(line)  # ml-latest's CSV header
-                continue
-            if not R.is_held_out(int(fields[3]), cutoff):
-                old.append((int(fields[3]), line))
+    raw = pathlib.Path(data_dir, files["ratings"]).read_bytes()
+    rated = list(movielens.iter_ratings(data_dir, layout))
+    header = [raw[:rated[0].offset]]  # ml-latest's CSV header; empty for the others
+
+    def line(offset):
+        end = raw.find(b"\n", offset)
+        return raw[offset:] if end < 0 else raw[offset:end + 1]
+
+    old = [(r.timestamp, line(r.offset)) for r in rated
+           if not R.is_held_out(r.timestamp, cutoff)]
     newest = max(stamp for stamp, _ in old)
     for name, lines in ((files["ratings"], old), (f"{OUTSIDE_FOLD}.base", old),
                         (f"{OUTSIDE_FOLD}.test", [o for o in old if o[0] > newest - 86400])):

@@ -222,8 +222,7 @@ class MovieRecExport(tf.Module):
             value = tf.where(row >= 0, value, empty)
             if demographics is not None:
                 given = demographics[f.name]
-                value = tf.where(tf.not_equal(given, tf.zeros_like(given) if f.dtype != tf.string
-                                              else tf.fill(tf.shape(given), "")), given, value)
+                value = tf.where(_is_given(given), given, value)
             raw[f.name] = value
         return raw, row >= 0
 
@@ -279,8 +278,7 @@ class MovieRecExport(tf.Module):
         their history and no demographic: the ones time-aware popularity answers."""
         given = tf.reduce_any(seen >= 0, axis=1)
         for f in F.USER_SIDE_FEATURES:
-            value = context[f.name]
-            given |= tf.not_equal(value, "" if f.dtype == tf.string else tf.zeros_like(value))
+            given |= _is_given(context[f.name])
         return ~known & ~given
 
     def _popular(self, timestamp):
@@ -501,6 +499,12 @@ class MovieRecExport(tf.Module):
         self.movie_ids.assign(tf.concat([self.movie_ids, movie_id], axis=0))
         self._movie_row.insert(movie_id, rows)
         return rows  # after every assignment (tf.function orders the stateful ops)
+
+
+def _is_given(value):
+    """Where a request's demographic input says something: not 0, not ""."""
+    empty = tf.fill(tf.shape(value), "") if value.dtype == tf.string else tf.zeros_like(value)
+    return tf.not_equal(value, empty)
 
 
 def _catalog_variable(value, name: str, shape=None):
