@@ -138,3 +138,66 @@ def test_fold_in_weights_older_ratings_less_with_a_half_life():
     folded = np.linalg.solve((x * w[:, None]).T @ x + reg, (x * w[:, None]).T @ y)
     want = mean + movies[7, 0] + folded[0] + folded[1:] @ movies[7, 1:]
     assert fitted(features).numpy()[0] == pytest.approx(want, abs=1e-4)
+
+
+def test_an_unknown_user_starts_from_the_trained_users_distribution():
+    """prior_scale: the fold-in of a user never seen shrinks towards the trained users'
+    mean factors, by prior_scale * noise * their covariance^-1 (numpy here)."""
+    u, m, r, t = _ratings()
+    mean = float(r.mean())
+    fitted = fz.FoldedFactorization(dim=3, l2=2.0, bias_l2=1.0, iterations=8, weight=0.5,
+                                    prior_scale=0.5)
+    fitted.fit(u, m, t, r, num_users=31, num_movies=25, mean=mean)
+    terms = fitted.user_prior.numpy().astype(np.float64)
+    movies = fitted.movie_terms.numpy()[1:].astype(np.float64)
+    seen = terms[:30]  # user 30 has no training rating
+    predicted = mean + movies[m, 0] + terms[u, 0] + np.sum(terms[u, 1:] * movies[m, 1:], 1)
+    noise = np.mean((r - predicted) ** 2)
+    reg = 0.5 * noise * np.linalg.inv(np.cov(seen.T))
+    prior = seen.mean(axis=0)
+    np.testing.assert_allclose(fitted.unknown_prior.numpy(), prior, atol=1e-5)
+
+    def rated(x, movie):
+        return mean + movies[movie, 0] + x[0] + x[1:] @ movies[movie, 1:]
+
+    # no history: exactly the population's mean user
+    got = fitted(_features(30, 7, mean=mean)).numpy()[0]
+    assert got == pytest.approx(rated(prior, 7), abs=1e-4)
+    history = [(2, 5.0), (9, 1.0), (11, 4.0)]
+    x = np.hstack([np.ones((3, 1)), movies[[2, 9, 11], 1:]])
+    y = np.array([h[1] for h in history]) - mean - movies[[2, 9, 11], 0]
+    folded = np.linalg.solve(x.T @ x + reg, x.T @ y + reg @ prior)
+    got = fitted(_features(30, 7, history, [5_000] * 3, mean)).numpy()[0]
+    assert got == pytest.approx(rated(folded, 7), abs=1e-3)
+    # a known user is untouched: their trained factors, no newer rating
+    mine = [(int(mm), float(rr)) for uu, mm, rr in zip(u, m, r) if uu == 4]
+    older = [int(tt) for uu, tt in zip(u, t) if uu == 4]
+    got = fitted(_features(4, 7, mine, older, mean)).numpy()[0]
+    assert got == pytest.approx(rated(terms[4], 7), abs=1e-4)
+
+
+def test_the_sittings_residual_is_a_term_of_its_own():
+    """session_tau: a design column exp(-age / tau), prior 0, shrunk by session_l2, its
+    coefficient added to the rating; a low rating a minute ago pulls the next one down."""
+    u, m, r, t = _ratings()
+    mean = float(r.mean())
+    fitted = fz.FoldedFactorization(dim=3, l2=2.0, bias_l2=1.0, iterations=8, weight=0.5,
+                                    session_tau=300.0, session_l2=2.0)
+    fitted.fit(u, m, t, r, num_users=31, num_movies=25, mean=mean)
+    movies = fitted.movie_terms.numpy()[1:].astype(np.float64)
+    now = 10_000
+    history, stamps = [(2, 5.0), (9, 4.0), (11, 1.0)], [2_000, 3_000, now - 60]
+    features = _features(30, 7, history, stamps, mean)
+    features[F.TIMESTAMP_XF] = tf.constant([[now]], tf.int64)
+    g = np.exp(-(now - np.array(stamps)) / 300.0)
+    x = np.hstack([np.ones((3, 1)), movies[[2, 9, 11], 1:], g[:, None]])
+    y = np.array([h[1] for h in history]) - mean - movies[[2, 9, 11], 0]
+    reg = np.diag([1.0, 2.0, 2.0, 2.0, 2.0])
+    folded = np.linalg.solve(x.T @ x + reg, x.T @ y)
+    want = mean + movies[7, 0] + folded[0] + folded[1:4] @ movies[7, 1:] + folded[4]
+    got = fitted(features).numpy()[0]
+    assert got == pytest.approx(want, abs=1e-4)
+    assert folded[4] < 0  # the 1-star rating of a minute ago
+    with pytest.raises(ValueError, match="session_l2"):
+        fz.FoldedFactorization(dim=3, l2=2.0, bias_l2=1.0, iterations=8, weight=0.5,
+                               session_tau=300.0)

@@ -25,6 +25,19 @@ history, and a known user with no new rating gets exactly their trained factors.
 half-life h, rating j of age a (before the request) counts 2^(-a / h) + RECENT_FLOOR times
 (taste drifts; on ML-100K's replay, in numpy, a 7-day half-life took the fold-in alone from
 0.948 to 0.942).
+
+Two more terms of the fold-in, each off at 0:
+
+- prior_scale: a user the model never saw starts, instead of from 0 with L, from the
+  trained users' distribution (empirical Bayes): the prior is the mean of the trained
+  users' [b_u, p_u] and L = prior_scale * sigma^2 * Sigma^-1, Sigma their covariance,
+  sigma^2 the fit's mean squared training error.
+- session_tau: the sitting's mood. The design gains a column g_j = exp(-a_j / session_tau)
+  (a_j the rating's age at the request) with prior 0 and L entry session_l2, and the rating
+  adds its coefficient (g = 1 at the request): the user's residual of the last minutes.
+
+Chosen by a replay inside the training ratings (their newest 20% replayed on the older
+80%, never the eval split; docs/benchmarks.md "Fold-in terms").
 """
 
 from __future__ import annotations
@@ -98,12 +111,17 @@ class FoldedFactorization(tf.keras.layers.Layer):
 
     def __init__(self, dim: int, l2: float, bias_l2: float, iterations: int, weight: float,
                  half_life_days: float = 0.0, fold_l2: float = 0.0,
-                 name: str = "factorization"):
+                 prior_scale: float = 0.0, session_tau: float = 0.0,
+                 session_l2: float = 0.0, name: str = "factorization"):
         super().__init__(name=name, trainable=False)
         self.dim, self.l2, self.bias_l2 = int(dim), float(l2), float(bias_l2)
         self.fold_l2 = float(fold_l2) if fold_l2 > 0 else self.l2
         self.iterations, self.weight = int(iterations), float(weight)
         self.half_life = float(half_life_days) * 86400.0
+        self.prior_scale = float(prior_scale)
+        self.session_tau, self.session_l2 = float(session_tau), float(session_l2)
+        if self.session_tau > 0 and self.session_l2 <= 0:
+            raise ValueError("a session term (session_tau > 0) needs session_l2 > 0")
         self.fitted = False
 
     @classmethod
@@ -111,7 +129,8 @@ class FoldedFactorization(tf.keras.layers.Layer):
         if not hp.mf_dim or hp.mf_weight <= 0:
             return None
         return cls(hp.mf_dim, hp.mf_l2, hp.mf_bias_l2, hp.mf_iterations, hp.mf_weight,
-                   hp.mf_half_life_days, hp.mf_fold_l2)
+                   hp.mf_half_life_days, hp.mf_fold_l2, hp.mf_prior_scale,
+                   hp.mf_session_tau, hp.mf_session_l2)
 
     def fit(self, users, movies, times, ratings, num_users: int, num_movies: int,
             mean: float):
@@ -128,21 +147,49 @@ class FoldedFactorization(tf.keras.layers.Layer):
         def variable(value, dtype, name):
             return tf.Variable(np.asarray(value), trainable=False, dtype=dtype, name=name)
 
+        users_terms = np.hstack([tables["user_bias"][:, None], tables["user_factors"]])
+        regularizer = np.diag([self.bias_l2] + [self.fold_l2] * self.dim)
         self.mean = variable(mean, tf.float32, "mean")
-        self.user_prior = variable(np.hstack([tables["user_bias"][:, None],
-                                              tables["user_factors"]]), tf.float32,
-                                   "user_prior")
+        self.user_prior = variable(users_terms, tf.float32, "user_prior")
+        self.unknown_prior = self.unknown_regularizer = None
+        if self.prior_scale > 0:
+            prior, unknown = self._population(tables, users, movies, ratings, mean,
+                                              newest != _NEVER)
+            self.unknown_prior = variable(prior, tf.float32, "unknown_prior")
+            self.unknown_regularizer = variable(self._with_session(unknown),
+                                                tf.float32, "unknown_regularizer")
         # row 0: history padding (movie_id_xf + 1 indexes the others)
         self.movie_terms = variable(np.vstack([np.zeros((1, self.dim + 1)), np.hstack(
             [tables["movie_bias"][:, None], tables["movie_factors"]])]), tf.float32,
             "movie_terms")
         self.newest = variable(newest, tf.int64, "newest_training_time")
-        self.regularizer = tf.constant(np.diag([self.bias_l2] + [self.fold_l2] * self.dim),
-                                       tf.float32)
+        self.regularizer = tf.constant(self._with_session(regularizer), tf.float32)
         self.fitted = True
         seconds = time.time() - started
         logging.getLogger("movierec.trainer").info("factorization (ALS): %.1f s", seconds)
         return seconds
+
+    def _population(self, tables, users, movies, ratings, mean, seen):
+        """(prior [k], regularizer [k, k]) of a user the model never saw: the trained
+        users' mean [b_u, p_u], and prior_scale * sigma^2 * their covariance^-1."""
+        terms = np.hstack([tables["user_bias"][:, None], tables["user_factors"]])[seen]
+        users, movies = np.asarray(users, np.int64), np.asarray(movies, np.int64)
+        predicted = (mean + tables["user_bias"][users] + tables["movie_bias"][movies]
+                     + np.sum(tables["user_factors"][users] * tables["movie_factors"][movies],
+                              axis=1))
+        noise = float(np.mean((np.asarray(ratings, np.float64) - predicted) ** 2))
+        covariance = np.cov(terms.T) + 1e-6 * np.eye(terms.shape[1]) if len(terms) > 1 \
+            else np.eye(terms.shape[1])
+        return terms.mean(axis=0), self.prior_scale * noise * np.linalg.inv(covariance)
+
+    def _with_session(self, regularizer: np.ndarray) -> np.ndarray:
+        """`regularizer` with the session coefficient's entry appended (when on)."""
+        if self.session_tau <= 0:
+            return regularizer
+        k = regularizer.shape[0]
+        out = np.zeros((k + 1, k + 1))
+        out[:k, :k], out[k, k] = regularizer, self.session_l2
+        return out
 
     def call(self, features):
         users = tf.reshape(features[F.USER_ID_XF], [-1])
@@ -153,19 +200,31 @@ class FoldedFactorization(tf.keras.layers.Layer):
         ids = features[F.HISTORY_IDS_XF]
         history = tf.gather(self.movie_terms, ids)  # [batch, L, k]
         times = features[F.HISTORY_TIMES_XF]
-        newer = tf.cast((ids > 0) & (times > tf.gather(self.newest, users)[:, None]),
-                        tf.float32)
+        newest = tf.gather(self.newest, users)
+        newer = tf.cast((ids > 0) & (times > newest[:, None]), tf.float32)
+        now = tf.reshape(features[F.TIMESTAMP_XF], [-1, 1]) \
+            if self.half_life > 0 or self.session_tau > 0 else None
+        age = tf.cast(tf.maximum(now - times, 0), tf.float32) if now is not None else None
         if self.half_life > 0:  # older ratings count less: 2^(-age / half-life) + RECENT_FLOOR
-            now = tf.reshape(features[F.TIMESTAMP_XF], [-1, 1])
-            age = tf.cast(tf.maximum(now - times, 0), tf.float32)
             newer *= tf.pow(0.5, age / self.half_life) + RECENT_FLOOR
+        regularizer = self.regularizer[None]  # [1 or batch, k(+1), k(+1)]
+        if self.unknown_prior is not None:  # never seen: the trained users' distribution
+            unknown = tf.equal(newest, _NEVER)
+            prior = tf.where(unknown[:, None], self.unknown_prior[None], prior)
+            regularizer = tf.where(unknown[:, None, None], self.unknown_regularizer[None],
+                                   regularizer)
         x = tf.concat([tf.ones_like(history[..., :1]), history[..., 1:]], axis=-1)
+        if self.session_tau > 0:  # the sitting's residual: exp(-age / tau), prior 0
+            x = tf.concat([x, tf.exp(-age / self.session_tau)[..., None]], axis=-1)
+            prior = tf.concat([prior, tf.zeros_like(prior[:, :1])], axis=-1)
         target = features[F.HISTORY_RATINGS_XF] - history[..., 0]  # r - mu - b_m
         xw = x * newer[..., None]
-        gram = tf.matmul(xw, x, transpose_a=True) + self.regularizer  # [batch, k, k]
+        gram = tf.matmul(xw, x, transpose_a=True) + regularizer  # [batch, k(+1), k(+1)]
         rhs = (tf.reduce_sum(xw * target[..., None], axis=1)
-               + tf.linalg.matvec(self.regularizer, prior))
-        return self._rated(tf.linalg.solve(gram, rhs[..., None])[..., 0], movie)
+               + tf.linalg.matvec(regularizer, prior))
+        solved = tf.linalg.solve(gram, rhs[..., None])[..., 0]
+        rating = self._rated(solved[:, :self.dim + 1], movie)
+        return rating + solved[:, self.dim + 1] if self.session_tau > 0 else rating
 
     def _rated(self, user, movie):
         """mu + b_m + b_u + p_u . q_m of [batch, k] user and movie terms."""

@@ -104,18 +104,26 @@ class HParams:
     # mf_dim factors fitted by ALS after training (mf_iterations rounds; factors shrunk by
     # mf_l2, biases by mf_bias_l2), the user folded in from their history at the request;
     # rating = (1 - mf_weight) * the heads' + mf_weight * its (mf_dim 0: off).
-    mf_dim: int = 20
-    mf_l2: float = 15.0
+    mf_dim: int = 12
+    mf_l2: float = 12.0
     mf_bias_l2: float = 5.0
     mf_iterations: int = 10
     mf_weight: float = 0.6
     # ... and its fold-in weights a history rating of age a by 2^(-a / half-life) + 0.1
-    # (0: every rating the same). mf_* chosen on ML-100K's random split (l2, weight) and
-    # replay (the fold-in's), docs/benchmarks.md.
+    # (0: every rating the same). The weight was chosen on ML-100K's random split and the
+    # fold-in's half-life on its replay; mf_dim, mf_l2 and the terms below by a replay
+    # inside the training ratings (docs/benchmarks.md, "Fold-in terms").
     mf_half_life_days: float = 7.0
     # ... and shrinks the folded-in factors towards the trained ones (0 for an unknown
     # user) by mf_fold_l2 (0: mf_l2).
     mf_fold_l2: float = 10.0
+    # ... a user it never saw starts from the trained users' distribution (mean, and
+    # mf_prior_scale * noise * covariance^-1 as the shrinkage; 0: from 0 by mf_fold_l2),
+    # and the sitting's residual is a term of its own (exp(-age / mf_session_tau seconds),
+    # shrunk by mf_session_l2; tau 0: off). Chosen by a replay inside the training ratings.
+    mf_prior_scale: float = 0.5
+    mf_session_tau: float = 300.0
+    mf_session_l2: float = 20.0
     # Retrieval index in the exported model: "brute_force" (exact) or "scann" (approximate,
     # for catalogs of tens of thousands of movies and more).
     index: str = "brute_force"
