@@ -36,8 +36,9 @@ Two more terms of the fold-in, each off at 0:
   (a_j the rating's age at the request) with prior 0 and L entry session_l2, and the rating
   adds its coefficient (g = 1 at the request): the user's residual of the last minutes.
 
-Chosen by a replay inside the training ratings (their newest 20% replayed on the older
-80%, never the eval split; docs/benchmarks.md "Fold-in terms").
+Both chosen by a replay inside the training ratings (their newest 20% replayed on the
+older 80%, never the eval split: benchmarks/fold_in.py, docs/benchmarks.md "Fold-in
+terms").
 """
 
 from __future__ import annotations

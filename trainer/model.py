@@ -110,9 +110,9 @@ class HParams:
     mf_iterations: int = 10
     mf_weight: float = 0.6
     # ... and its fold-in weights a history rating of age a by 2^(-a / half-life) + 0.1
-    # (0: every rating the same). The weight was chosen on ML-100K's random split and the
-    # fold-in's half-life on its replay; mf_dim, mf_l2 and the terms below by a replay
-    # inside the training ratings (docs/benchmarks.md, "Fold-in terms").
+    # (0: every rating the same). The weight was chosen on ML-100K's random split, the
+    # half-life on its replay, mf_dim / mf_l2 on the random and u1 splits, the terms below
+    # by a replay inside the training ratings (docs/benchmarks.md, "Fold-in terms").
     mf_half_life_days: float = 7.0
     # ... and shrinks the folded-in factors towards the trained ones (0 for an unknown
     # user) by mf_fold_l2 (0: mf_l2).
