@@ -160,9 +160,11 @@ def test_an_unknown_user_starts_from_the_trained_users_distribution():
     def rated(x, movie):
         return mean + movies[movie, 0] + x[0] + x[1:] @ movies[movie, 1:]
 
-    # no history: exactly the population's mean user
-    got = fitted(_features(30, 7, mean=mean)).numpy()[0]
-    assert got == pytest.approx(rated(prior, 7), abs=1e-4)
+    # no history (and no history features at all): exactly the population's mean user
+    features = _features(30, 7, mean=mean)
+    assert fitted(features).numpy()[0] == pytest.approx(rated(prior, 7), abs=1e-4)
+    plain = {k: features[k] for k in (F.USER_ID_XF, F.MOVIE_ID_XF)}
+    assert fitted(plain).numpy()[0] == pytest.approx(rated(prior, 7), abs=1e-4)
     history = [(2, 5.0), (9, 1.0), (11, 4.0)]
     x = np.hstack([np.ones((3, 1)), movies[[2, 9, 11], 1:]])
     y = np.array([h[1] for h in history]) - mean - movies[[2, 9, 11], 0]

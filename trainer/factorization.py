@@ -196,12 +196,15 @@ class FoldedFactorization(tf.keras.layers.Layer):
         users = tf.reshape(features[F.USER_ID_XF], [-1])
         movie = tf.gather(self.movie_terms, tf.reshape(features[F.MOVIE_ID_XF], [-1]) + 1)
         prior = tf.gather(self.user_prior, users)  # [batch, k]
+        newest = tf.gather(self.newest, users)
+        unknown = tf.equal(newest, _NEVER)  # no training rating
+        if self.unknown_prior is not None:  # never seen: the trained users' distribution
+            prior = tf.where(unknown[:, None], self.unknown_prior[None], prior)
         if F.HISTORY_IDS_XF not in features:  # a model without history (history_len=0)
             return self._rated(prior, movie)
         ids = features[F.HISTORY_IDS_XF]
         history = tf.gather(self.movie_terms, ids)  # [batch, L, k]
         times = features[F.HISTORY_TIMES_XF]
-        newest = tf.gather(self.newest, users)
         newer = tf.cast((ids > 0) & (times > newest[:, None]), tf.float32)
         now = tf.reshape(features[F.TIMESTAMP_XF], [-1, 1]) \
             if self.half_life > 0 or self.session_tau > 0 else None
@@ -209,9 +212,7 @@ class FoldedFactorization(tf.keras.layers.Layer):
         if self.half_life > 0:  # older ratings count less: 2^(-age / half-life) + RECENT_FLOOR
             newer *= tf.pow(0.5, age / self.half_life) + RECENT_FLOOR
         regularizer = self.regularizer[None]  # [1 or batch, k(+1), k(+1)]
-        if self.unknown_prior is not None:  # never seen: the trained users' distribution
-            unknown = tf.equal(newest, _NEVER)
-            prior = tf.where(unknown[:, None], self.unknown_prior[None], prior)
+        if self.unknown_prior is not None:
             regularizer = tf.where(unknown[:, None, None], self.unknown_regularizer[None],
                                    regularizer)
         x = tf.concat([tf.ones_like(history[..., :1]), history[..., 1:]], axis=-1)
