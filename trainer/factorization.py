@@ -154,8 +154,8 @@ class FoldedFactorization(tf.keras.layers.Layer):
         self.user_prior = variable(users_terms, tf.float32, "user_prior")
         self.unknown_prior = self.unknown_regularizer = None
         if self.prior_scale > 0:
-            prior, unknown = self._population(tables, users, movies, ratings, mean,
-                                              newest != _NEVER)
+            prior, unknown = self._population(tables, users_terms, users, movies, ratings,
+                                              mean, newest != _NEVER)
             self.unknown_prior = variable(prior, tf.float32, "unknown_prior")
             self.unknown_regularizer = variable(self._with_session(unknown),
                                                 tf.float32, "unknown_regularizer")
@@ -170,10 +170,11 @@ class FoldedFactorization(tf.keras.layers.Layer):
         logging.getLogger("movierec.trainer").info("factorization (ALS): %.1f s", seconds)
         return seconds
 
-    def _population(self, tables, users, movies, ratings, mean, seen):
-        """(prior [k], regularizer [k, k]) of a user the model never saw: the trained
-        users' mean [b_u, p_u], and prior_scale * sigma^2 * their covariance^-1."""
-        terms = np.hstack([tables["user_bias"][:, None], tables["user_factors"]])[seen]
+    def _population(self, tables, users_terms, users, movies, ratings, mean, seen):
+        """(prior [k], regularizer [k, k]) of a user the model never saw: the mean of the
+        trained users' [b_u, p_u] (rows `seen` of users_terms), and prior_scale * sigma^2 *
+        their covariance^-1."""
+        terms = users_terms[seen]
         users, movies = np.asarray(users, np.int64), np.asarray(movies, np.int64)
         predicted = (mean + tables["user_bias"][users] + tables["movie_bias"][movies]
                      + np.sum(tables["user_factors"][users] * tables["movie_factors"][movies],
