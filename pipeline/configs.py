@@ -179,7 +179,8 @@ TRAINER_CODE = TRANSFORM_CODE + ("trainer/model.py", "trainer/towers.py",
                                   "trainer/export.py", "trainer/signatures.py",
                                   "trainer/saved_model.py", "trainer/warm_start.py",
                                   "trainer/neighborhood.py", "trainer/asymmetric.py",
-                                  "trainer/popularity.py", "trainer/factorization.py")
+                                  "trainer/popularity.py", "trainer/factorization.py",
+                                  "trainer/tracing.py")
 TUNER_CODE = TRAINER_CODE + ("trainer/tuning.py",)
 # what MovieLensExampleGen runs: what it writes changes with them (e.g. the request context
 # of a time split's eval examples), so they key its cache as well as the input files

@@ -516,7 +516,9 @@ def _catalog_variable(value, name: str, shape=None):
 
 
 def save(module: MovieRecExport, path: str):
-    signatures = {name: getattr(module, name).get_concrete_function() for name in S.ALL}
+    # the functions themselves, not concrete functions traced here: saving traces them in
+    # its own context, and a function traced outside it would be traced a second time
+    signatures = {name: getattr(module, name) for name in S.ALL}
     options = tf.saved_model.SaveOptions(
         namespace_whitelist=["Scann"] if module.index_kind == "scann" else None)
     tf.saved_model.save(module, path, signatures=signatures, options=options)

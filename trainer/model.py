@@ -23,6 +23,9 @@ from trainer.history import StoredHistory, rows_mask, user_history
 from trainer.factorization import FoldedFactorization
 from trainer.neighborhood import ResidualNeighborhood
 from trainer.towers import candidate_tower, mlp, query_tower
+from trainer.tracing import skip_keras_internals
+
+skip_keras_internals()  # before anything traces the model (trainer/tracing.py)
 
 
 @dataclasses.dataclass
