@@ -4,8 +4,7 @@ signature, exclusion of known movies, and the CLI's --rated."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import types
 
 import numpy as np
 import pytest
@@ -357,15 +356,23 @@ def test_because_is_empty_without_a_history(model):
 
 
 # --- the CLI ------------------------------------------------------------------------------------
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args],
-                          capture_output=True, text=True, timeout=300)
+def _cli(capsys, *args):
+    """`movierec ARGS` in this process: (exit status, stdout, stderr)."""
+    from pipeline import cli
+
+    capsys.readouterr()
+    try:
+        code = cli.main(list(args))
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return types.SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
 
-def test_cli_rated(trained_model, synth_data):
+def test_cli_rated(trained_model, synth_data, capsys):
     path, _ = trained_model
     first = synth_data.movies[0].movie_id
-    ok = _cli("recommend", "--model", str(path), "--user", "stranger", "--rated",
+    ok = _cli(capsys, "recommend", "--model", str(path), "--user", "stranger", "--rated",
               f"{first}:5", "--json")
     assert ok.returncode == 0, ok.stderr
     import json
@@ -373,17 +380,17 @@ def test_cli_rated(trained_model, synth_data):
     shown = json.loads(ok.stdout)
     assert first not in [r["movie_id"] for r in shown["recommendations"]]
     assert [r["because"] for r in shown["recommendations"]] == [first] * 10
-    text = _cli("recommend", "--model", str(path), "--user", "stranger", "--rated",
+    text = _cli(capsys, "recommend", "--model", str(path), "--user", "stranger", "--rated",
                 f"{first}:5")
     assert text.returncode == 0, text.stderr
     lines = text.stdout.splitlines()
     assert lines[1].split()[:4] == ["rank", "movie", "score", "because"]
     assert all(line.split()[3] == first for line in lines[2:])
-    empty = _cli("recommend", "--model", str(path), "--user", "stranger")
+    empty = _cli(capsys, "recommend", "--model", str(path), "--user", "stranger")
     assert all(line.split()[3] == "-" for line in empty.stdout.splitlines()[2:])
     for bad, says in ((f"{first}:9", "outside"), ("nope:4", "not in the model's catalog"),
                       (f"{first}-4", "is not movie:rating")):
-        out = _cli("recommend", "--model", str(path), "--user", "1", "--rated", bad)
+        out = _cli(capsys, "recommend", "--model", str(path), "--user", "1", "--rated", bad)
         assert out.returncode == 2, out.stderr
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and says in lines[0], out.stderr
