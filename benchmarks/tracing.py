@@ -3,10 +3,10 @@ code as written (trainer/tracing.py, as shipped) against the baseline of TensorF
 rules (which convert `tf_keras` function by function at every trace), in one invocation.
 
 Each side runs in a fresh subprocess on the same examples and Transform graph (those of the
-latest run in --output-dir; without one, a `movierec run` on synthetic ml-100k-layout data
-first) and reports the fit's seconds (its first epoch holds the train step's trace), the
-export's, the whole `train_and_export`, and the per-epoch losses, which must agree to the
-last digit: the rule changes how the graph is built, not the graph.
+latest run in --output-dir's metadata store; without one, a `movierec run` on synthetic
+ml-100k-layout data first) and reports the fit's seconds (its first epoch holds the train
+step's trace), the export's, the whole `train_and_export`, and the per-epoch losses, which
+must agree to the last digit: the rule changes how the graph is built, not the graph.
 
     .venv/bin/python benchmarks/tracing.py [--output-dir OUT] [--epochs 3]
         [--work-dir /tmp/movierec-tracing]
@@ -38,13 +38,16 @@ RUN_ARGS = ["--epochs", "3", "--batch-size", "256", "--rmse-upper-bound", "2.0",
             "--beam-pipeline-args=--direct_num_workers=1 --direct_running_mode=in_memory"]
 
 
-def _latest(root: pathlib.Path, component: str, output: str) -> str:
-    """The newest artifact directory of one component's output in a local pipeline root."""
-    parent = root / "pipeline" / component / output
-    ids = sorted((p for p in parent.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    if not ids:
-        raise SystemExit(f"error: no {component} {output} under {root}")
-    return str(ids[-1])
+def _run_inputs(output: pathlib.Path) -> tuple:
+    """(Examples URI, TransformGraph URI) of the latest run in OUT's metadata store."""
+    from pipeline import metadata
+
+    store = metadata.connect(str(output / "metadata.sqlite"))
+    run = metadata.find_run(store)
+    found = [metadata.run_artifacts(store, run, kind) for kind in ("Examples", "TransformGraph")]
+    if not all(found):
+        raise SystemExit(f"error: the latest run in {output} has no Examples or TransformGraph")
+    return found[0][-1].uri, found[1][-1].uri
 
 
 def _movierec(*args: str) -> None:
@@ -61,11 +64,10 @@ def child(side: str, examples: str, transform: str, serving: str, hparams: dict)
 
     if side == "baseline":  # TensorFlow's own rules: autograph converts tf_keras too
         from tensorflow.python.autograph.core import config
-        from trainer.tracing import KERAS_2_MODULE
+        from trainer.tracing import is_keras_rule
 
         config.CONVERSION_RULES = tuple(
-            r for r in config.CONVERSION_RULES
-            if not (isinstance(r, config.DoNotConvert) and r.matches(KERAS_2_MODULE)))
+            r for r in config.CONVERSION_RULES if not is_keras_rule(r))
     seconds = {"import": time.perf_counter() - started}
 
     def timed(name, function):
@@ -122,8 +124,7 @@ def main(argv=None) -> int:
         _movierec("synth", *SYNTH, "--output", str(work / "ml-100k"), "--force")
         _movierec("run", "--data-dir", str(work / "ml-100k"), "--output-dir", str(output),
                   *RUN_ARGS)
-    examples = _latest(output, "MovieLensExampleGen", "examples")
-    transform = _latest(output, "Transform", "transform_graph")
+    examples, transform = _run_inputs(output)
     results = {side: _side(side, examples, transform, work, hparams)
                for side in ("baseline", "shipped")}
     base, shipped = results["baseline"]["seconds"], results["shipped"]["seconds"]

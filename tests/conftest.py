@@ -125,6 +125,16 @@ def progress_states(printed: str) -> dict:
     return dict(re.findall(r"^\[\s*[\d.]+s\]\s+(\S+)\s+(\S+)", printed, re.M))
 
 
+def cli_output(capsys, *argv) -> tuple:
+    """(exit status, stdout, stderr stripped) of `movierec ARGV` run in this process."""
+    from pipeline import cli
+
+    capsys.readouterr()
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err.strip()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (for a server a test starts)."""
     with socket.socket() as s:

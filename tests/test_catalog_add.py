@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from components.movielens_example_gen import executor, movielens
-from pipeline import cli
+from conftest import cli_output
 from serving import catalog
 from test_serving import Server, _status, _wait_for
 from trainer import saved_model
@@ -25,13 +25,6 @@ NEW_FAN = "1001"  # a new movie of the user's favourite genres
 NEW_OTHER = "1002"  # a new movie of the genres they like least
 NEW_LATER = "1003"  # added to the added version
 AT = 890_000_000  # a time in the synthetic data's span (not "now": it moves between calls)
-
-
-def _cli(capsys, *argv):
-    capsys.readouterr()
-    rc = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err.strip()
 
 
 def _u_item_line(movie_id, title, genres, date="01-Jan-1995"):
@@ -106,8 +99,8 @@ def test_add_writes_a_new_version_with_the_new_movies(capsys, base, server, new_
     user, favourite, *_ = fan
     old = saved_model.load(str(trained_model[0]))
     old_ids = [m.decode() for m in old.movie_ids.numpy()]
-    rc, out, err = _cli(capsys, "catalog", "add", "--model-base", str(base),
-                        "--movies", str(new_movies))
+    rc, out, err = cli_output(capsys, "catalog", "add", "--model-base", str(base),
+                              "--movies", str(new_movies))
     assert rc == 0, err
     assert "added 2 movies" in out and "version 2" in out
     assert _versions(base) == ["1", "2"]  # no temporary directory left behind
@@ -191,8 +184,8 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, base, tmp_path, name, 
     before = _versions(base)
     path = tmp_path / name
     path.write_text(text, encoding="latin-1")
-    rc, out, err = _cli(capsys, "catalog", "add", "--model-base", str(base),
-                        "--movies", str(path))
+    rc, out, err = cli_output(capsys, "catalog", "add", "--model-base", str(base),
+                              "--movies", str(path))
     assert rc == 2 and out == ""
     assert len(err.splitlines()) == 1 and err.startswith("movierec: error: "), err
     assert message in err, err
@@ -200,16 +193,16 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, base, tmp_path, name, 
 
 
 def test_a_missing_file_or_base_is_one_line(capsys, base, tmp_path):
-    rc, _, err = _cli(capsys, "catalog", "add", "--model-base", str(base),
-                      "--movies", str(tmp_path / "movies.dat"))
+    rc, _, err = cli_output(capsys, "catalog", "add", "--model-base", str(base),
+                            "--movies", str(tmp_path / "movies.dat"))
     assert rc == 2 and "no such movie file" in err and len(err.splitlines()) == 1
     movies = tmp_path / "movies.dat"
     movies.write_text(f"{NEW_LATER}::Later (1999)::Comedy\n")
-    rc, _, err = _cli(capsys, "catalog", "add", "--model-base", str(tmp_path / "none"),
-                      "--movies", str(movies))
+    rc, _, err = cli_output(capsys, "catalog", "add", "--model-base", str(tmp_path / "none"),
+                            "--movies", str(movies))
     assert rc == 2 and "is not a directory" in err
-    rc, _, err = _cli(capsys, "catalog", "add", "--model-base", str(tmp_path),
-                      "--movies", str(movies))
+    rc, _, err = cli_output(capsys, "catalog", "add", "--model-base", str(tmp_path),
+                            "--movies", str(movies))
     assert rc == 2 and "no SavedModel" in err
     assert _versions(base) == ["1", "2"]
 
@@ -222,8 +215,8 @@ def test_a_failed_write_leaves_no_version_behind(capsys, base, tmp_path, monkeyp
     monkeypatch.setattr(tf.saved_model, "save", failing_save)
     movies = tmp_path / "movies.dat"
     movies.write_text(f"{NEW_LATER}::Later (1999)::Comedy\n")
-    rc, out, err = _cli(capsys, "catalog", "add", "--model-base", str(base),
-                        "--movies", str(movies))
+    rc, out, err = cli_output(capsys, "catalog", "add", "--model-base", str(base),
+                              "--movies", str(movies))
     assert rc == 2 and out == "" and len(err.splitlines()) == 1
     assert "No space left on device" in err, err
     assert _versions(base) == ["1", "2"]  # neither version 3 nor the temporary directory
@@ -232,8 +225,8 @@ def test_a_failed_write_leaves_no_version_behind(capsys, base, tmp_path, monkeyp
 def test_an_added_version_takes_more_movies(capsys, base, server, tmp_path, fan):
     movies = tmp_path / "later.dat"  # another layout, ml-1m's, given by --layout
     movies.write_text(f"{NEW_LATER}::Later Night (1996)::Comedy|Drama\n", encoding="latin-1")
-    rc, out, err = _cli(capsys, "catalog", "add", "--model-base", str(base),
-                        "--movies", str(movies), "--layout", "ml-1m")
+    rc, out, err = cli_output(capsys, "catalog", "add", "--model-base", str(base),
+                              "--movies", str(movies), "--layout", "ml-1m")
     assert rc == 0, err
     assert "to version 2: version 3" in out
     model = saved_model.load(str(base / "movierec" / "3"))
@@ -275,8 +268,8 @@ def test_a_scann_indexed_model_takes_new_movies(capsys, tmp_path, example_files,
     first = tmp_path / "movierec" / "1"
     train_and_export([example_files["train"]], [example_files["catalog"]], transform_dir,
                      str(first), HParams(index="scann", **SMALL_HPARAMS))
-    rc, _, err = _cli(capsys, "catalog", "add", "--model-base", str(tmp_path),
-                      "--movies", str(new_movies))
+    rc, _, err = cli_output(capsys, "catalog", "add", "--model-base", str(tmp_path),
+                            "--movies", str(new_movies))
     assert rc == 0, err
     old = saved_model.load(str(first))
     new = saved_model.load(str(tmp_path / "movierec" / "2"))

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import free_port, progress_states, serving_snapshot
+from conftest import cli_output, free_port, progress_states, serving_snapshot
 from pipeline import cli, configs, metadata
 from pipeline.errors import UserError
 
@@ -32,13 +32,6 @@ PASSWORD = "s3cr%t:p@ss"  # needs percent-encoding in a URI
 ENCODED = "s3cr%25t%3Ap%40ss"
 
 
-def _one_line_error(capsys, *argv):
-    capsys.readouterr()
-    rc = cli.main(list(argv))
-    captured = capsys.readouterr()
-    return rc, captured.err.strip()
-
-
 # ------------------------------------------------------------------ without a server
 def test_bad_uris_are_one_line_errors(tmp_path, ml100k_dir, capsys):
     out = tmp_path / "out"
@@ -47,16 +40,16 @@ def test_bad_uris_are_one_line_errors(tmp_path, ml100k_dir, capsys):
                      ("mysql://u:hunter22@h", "one database name"),
                      ("mysql://u:hunter22@/db", "no host"),
                      ("mysql://h/db", "no user")):
-        rc, err = _one_line_error(capsys, "run", "--data-dir", str(ml100k_dir),
-                                  "--output-dir", str(out), "--metadata-uri", uri)
+        rc, _, err = cli_output(capsys, "run", "--data-dir", str(ml100k_dir),
+                                "--output-dir", str(out), "--metadata-uri", uri)
         assert rc == 2 and len(err.splitlines()) == 1 and why in err, (uri, err)
         assert err.startswith("movierec: error: metadata_uri") and "hunter22" not in err
-        rc, err = _one_line_error(capsys, "inspect", "runs", "--output-dir", str(out),
-                                  "--metadata-uri", uri)
+        rc, _, err = cli_output(capsys, "inspect", "runs", "--output-dir", str(out),
+                                "--metadata-uri", uri)
         assert rc == 2 and why in err and "hunter22" not in err, (uri, err)
     assert not out.exists()
-    rc, err = _one_line_error(capsys, "report", "--output-dir", str(out), "--metadata",
-                              str(out / "m.sqlite"), "--metadata-uri", "mysql://u@h/db")
+    rc, _, err = cli_output(capsys, "report", "--output-dir", str(out), "--metadata",
+                            str(out / "m.sqlite"), "--metadata-uri", "mysql://u@h/db")
     assert rc == 2 and "not both" in err
     with pytest.raises(UserError, match="pipeline_name must be"):
         configs.from_options({"data_dir": str(ml100k_dir), "output_dir": str(out),

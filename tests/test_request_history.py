@@ -4,12 +4,11 @@ signature, exclusion of known movies, and the CLI's --rated."""
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import cli_output
 from trainer import features as F
 from trainer import saved_model
 from trainer import signatures as S
@@ -356,41 +355,30 @@ def test_because_is_empty_without_a_history(model):
 
 
 # --- the CLI ------------------------------------------------------------------------------------
-def _cli(capsys, *args):
-    """`movierec ARGS` in this process: (exit status, stdout, stderr)."""
-    from pipeline import cli
-
-    capsys.readouterr()
-    try:
-        code = cli.main(list(args))
-    except SystemExit as e:  # argparse's usage errors
-        code = e.code
-    out, err = capsys.readouterr()
-    return types.SimpleNamespace(returncode=code, stdout=out, stderr=err)
-
-
 def test_cli_rated(trained_model, synth_data, capsys):
     path, _ = trained_model
     first = synth_data.movies[0].movie_id
-    ok = _cli(capsys, "recommend", "--model", str(path), "--user", "stranger", "--rated",
-              f"{first}:5", "--json")
-    assert ok.returncode == 0, ok.stderr
+    rc, out, err = cli_output(capsys, "recommend", "--model", path, "--user", "stranger",
+                              "--rated", f"{first}:5", "--json")
+    assert rc == 0, err
     import json
 
-    shown = json.loads(ok.stdout)
+    shown = json.loads(out)
     assert first not in [r["movie_id"] for r in shown["recommendations"]]
     assert [r["because"] for r in shown["recommendations"]] == [first] * 10
-    text = _cli(capsys, "recommend", "--model", str(path), "--user", "stranger", "--rated",
-                f"{first}:5")
-    assert text.returncode == 0, text.stderr
-    lines = text.stdout.splitlines()
+    rc, out, err = cli_output(capsys, "recommend", "--model", path, "--user", "stranger",
+                              "--rated", f"{first}:5")
+    assert rc == 0, err
+    lines = out.splitlines()
     assert lines[1].split()[:4] == ["rank", "movie", "score", "because"]
     assert all(line.split()[3] == first for line in lines[2:])
-    empty = _cli(capsys, "recommend", "--model", str(path), "--user", "stranger")
-    assert all(line.split()[3] == "-" for line in empty.stdout.splitlines()[2:])
+    rc, out, err = cli_output(capsys, "recommend", "--model", path, "--user", "stranger")
+    assert rc == 0, err
+    assert all(line.split()[3] == "-" for line in out.splitlines()[2:])
     for bad, says in ((f"{first}:9", "outside"), ("nope:4", "not in the model's catalog"),
                       (f"{first}-4", "is not movie:rating")):
-        out = _cli(capsys, "recommend", "--model", str(path), "--user", "1", "--rated", bad)
-        assert out.returncode == 2, out.stderr
-        lines = out.stderr.strip().splitlines()
-        assert len(lines) == 1 and says in lines[0], out.stderr
+        rc, _, err = cli_output(capsys, "recommend", "--model", path, "--user", "1",
+                                "--rated", bad)
+        assert rc == 2, err
+        lines = err.splitlines()
+        assert len(lines) == 1 and says in lines[0], err

@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from trainer import model  # noqa: F401  (importing the model adds the rule)
+from trainer import model  # importing the model adds the rule
 from trainer import pooling, tracing
 
 

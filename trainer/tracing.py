@@ -16,12 +16,18 @@ from __future__ import annotations
 KERAS_2_MODULE = "tf_keras"
 
 
+def is_keras_rule(rule) -> bool:
+    """Whether `rule`, one of autograph's conversion rules, is the one added here."""
+    from tensorflow.python.autograph.core import config
+
+    return isinstance(rule, config.DoNotConvert) and rule.matches(KERAS_2_MODULE)
+
+
 def skip_keras_internals() -> None:
     """Adds 'do not convert tf_keras' to autograph's rules (once; later calls do nothing)."""
     from tensorflow.python.autograph.core import config
 
-    if not any(isinstance(rule, config.DoNotConvert) and rule.matches(KERAS_2_MODULE)
-               for rule in config.CONVERSION_RULES):
+    if not any(map(is_keras_rule, config.CONVERSION_RULES)):
         config.CONVERSION_RULES = ((config.DoNotConvert(KERAS_2_MODULE),)
                                    + tuple(config.CONVERSION_RULES))
 
