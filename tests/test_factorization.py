@@ -80,8 +80,8 @@ def _features(user, movie, history=(), times=(), mean=3.0):
 def test_fold_in_keeps_a_known_users_factors_and_learns_an_unknown_one(layer):
     fitted, (u, m, r, t) = layer
     mean = float(fitted.mean.numpy())
-    prior = fitted.user_prior.numpy().astype(np.float64)
-    movies = fitted.movie_terms.numpy()[1:].astype(np.float64)  # [b_m, q_m]
+    prior = fitted.user_prior.numpy()[0].astype(np.float64)
+    movies = fitted.movie_terms.numpy()[0, 1:].astype(np.float64)  # [b_m, q_m]
     reg = np.diag([1.0, 2.0, 2.0, 2.0])
 
     def rated(x, movie):
@@ -127,7 +127,7 @@ def test_fold_in_weights_older_ratings_less_with_a_half_life():
     fitted = fz.FoldedFactorization(dim=3, l2=2.0, bias_l2=1.0, iterations=8, weight=0.5,
                                     half_life_days=500 / 86400, fold_l2=4.0)
     fitted.fit(u, m, t, r, num_users=31, num_movies=25, mean=mean)
-    movies = fitted.movie_terms.numpy()[1:].astype(np.float64)
+    movies = fitted.movie_terms.numpy()[0, 1:].astype(np.float64)
     history, stamps, now = [(2, 5.0), (9, 1.0), (11, 4.0)], [1_000, 2_500, 2_900], 3_000
     features = _features(30, 7, history, stamps, mean)
     features[F.TIMESTAMP_XF] = tf.constant([[now]], tf.int64)
@@ -148,14 +148,14 @@ def test_an_unknown_user_starts_from_the_trained_users_distribution():
     fitted = fz.FoldedFactorization(dim=3, l2=2.0, bias_l2=1.0, iterations=8, weight=0.5,
                                     prior_scale=0.5)
     fitted.fit(u, m, t, r, num_users=31, num_movies=25, mean=mean)
-    terms = fitted.user_prior.numpy().astype(np.float64)
-    movies = fitted.movie_terms.numpy()[1:].astype(np.float64)
+    terms = fitted.user_prior.numpy()[0].astype(np.float64)
+    movies = fitted.movie_terms.numpy()[0, 1:].astype(np.float64)
     seen = terms[:30]  # user 30 has no training rating
     predicted = mean + movies[m, 0] + terms[u, 0] + np.sum(terms[u, 1:] * movies[m, 1:], 1)
     noise = np.mean((r - predicted) ** 2)
     reg = 0.5 * noise * np.linalg.inv(np.cov(seen.T))
     prior = seen.mean(axis=0)
-    np.testing.assert_allclose(fitted.unknown_prior.numpy(), prior, atol=1e-5)
+    np.testing.assert_allclose(fitted.unknown_prior.numpy()[0], prior, atol=1e-5)
 
     def rated(x, movie):
         return mean + movies[movie, 0] + x[0] + x[1:] @ movies[movie, 1:]
@@ -186,7 +186,7 @@ def test_the_sittings_residual_is_a_term_of_its_own():
     fitted = fz.FoldedFactorization(dim=3, l2=2.0, bias_l2=1.0, iterations=8, weight=0.5,
                                     session_tau=300.0, session_l2=2.0)
     fitted.fit(u, m, t, r, num_users=31, num_movies=25, mean=mean)
-    movies = fitted.movie_terms.numpy()[1:].astype(np.float64)
+    movies = fitted.movie_terms.numpy()[0, 1:].astype(np.float64)
     now = 10_000
     history, stamps = [(2, 5.0), (9, 4.0), (11, 1.0)], [2_000, 3_000, now - 60]
     features = _features(30, 7, history, stamps, mean)
@@ -203,3 +203,45 @@ def test_the_sittings_residual_is_a_term_of_its_own():
     with pytest.raises(ValueError, match="session_l2"):
         fz.FoldedFactorization(dim=3, l2=2.0, bias_l2=1.0, iterations=8, weight=0.5,
                                session_tau=300.0)
+
+
+def test_an_ensemble_rates_the_mean_of_its_members_each_fitted_from_its_own_start():
+    """members: ALS fitted from seeds 0, 1, 2, each folding the user in on its own tables
+    (every fold-in term on); the rating is the mean of three one-member layers' ratings."""
+    u, m, r, t = _ratings()
+    mean = float(r.mean())
+    settings = dict(dim=3, l2=2.0, bias_l2=1.0, iterations=8, weight=0.5,
+                    half_life_days=500 / 86400, fold_l2=4.0, prior_scale=0.5,
+                    session_tau=300.0, session_l2=2.0)
+    ensemble = fz.FoldedFactorization(members=3, **settings)
+    ensemble.fit(u, m, t, r, num_users=31, num_movies=25, mean=mean)
+    assert ensemble.movie_terms.shape == (3, 26, 4)
+    single = fz.FoldedFactorization(**settings)  # refilled with each member's tables below
+    single.fit(u, m, t, r, num_users=31, num_movies=25, mean=mean)
+    # the members differ (their starts do), so their mean is not any one of them
+    tables = [fz.fit_als(u, m, r, 31, 25, 3, 2.0, 1.0, 8, mean, seed=s) for s in range(3)]
+    np.testing.assert_allclose(ensemble.movie_terms.numpy()[2, 1:, 1:],
+                               tables[2]["movie_factors"], atol=1e-5)
+    assert not np.allclose(tables[0]["movie_factors"], tables[1]["movie_factors"])
+
+    mine = [(int(mm), float(rr)) for uu, mm, rr in zip(u, m, r) if uu == 4]
+    older = [int(tt) for uu, tt in zip(u, t) if uu == 4]
+    requests = [_features(4, 7, mine + [(3, 1.0)], older + [max(older) + 1], mean),
+                _features(30, 7, [(2, 5.0), (9, 1.0), (11, 4.0)], [1_000, 2_500, 2_900],
+                          mean),
+                _features(30, 7, mean=mean)]
+    for features in requests:
+        features[F.TIMESTAMP_XF] = tf.constant([[3_000]], tf.int64)
+        got = float(ensemble(features).numpy()[0])
+        members = []
+        for seed in range(3):  # member `seed` alone: a one-member layer of its tables
+            single.user_prior.assign(ensemble.user_prior.numpy()[seed:seed + 1])
+            single.movie_terms.assign(ensemble.movie_terms.numpy()[seed:seed + 1])
+            single.unknown_prior.assign(ensemble.unknown_prior.numpy()[seed:seed + 1])
+            single.unknown_regularizer.assign(
+                ensemble.unknown_regularizer.numpy()[seed:seed + 1])
+            members.append(float(single(features).numpy()[0]))
+        assert got == pytest.approx(np.mean(members), abs=1e-4)
+        assert np.ptp(members) > 1e-4
+    with pytest.raises(ValueError, match="at least one member"):
+        fz.FoldedFactorization(members=0, **settings)

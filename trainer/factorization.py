@@ -39,6 +39,12 @@ Two more terms of the fold-in, each off at 0:
 Both chosen by a replay inside the training ratings (their newest 20% replayed on the
 older 80%, never the eval split: benchmarks/fold_in.py, docs/benchmarks.md "Fold-in
 terms").
+
+With `members` > 1 the layer is an ensemble: that many ALS fits from different random
+starts (seeds 0, 1, ...), each folding the user in against its own movie factors, their
+ratings averaged. ALS's answer depends on its start (on u1, one fit 0.922 to 0.930 RMSE
+alone, three averaged 0.919: docs/benchmarks.md); the members are solved side by side,
+their tables stacked on a leading member axis.
 """
 
 from __future__ import annotations
@@ -108,13 +114,19 @@ class FoldedFactorization(tf.keras.layers.Layer):
     """The factorization as a layer of the rating model: unfitted (None tables) until
     `fit`; then call(features) -> r_hat_mf [batch], the user folded in from the history
     features (F.HISTORY_IDS_XF: movie_id_xf + 1, 0 padding; F.HISTORY_RATINGS_XF: the
-    rating minus the model's mean; F.HISTORY_TIMES_XF)."""
+    rating minus the model's mean; F.HISTORY_TIMES_XF), the mean over `members` fits.
+
+    Fitted tables carry a leading member axis: user_prior [members, users, k],
+    movie_terms [members, 1 + movies, k] (row 0: padding), unknown_prior [members, k]."""
 
     def __init__(self, dim: int, l2: float, bias_l2: float, iterations: int, weight: float,
                  half_life_days: float = 0.0, fold_l2: float = 0.0,
                  prior_scale: float = 0.0, session_tau: float = 0.0,
-                 session_l2: float = 0.0, name: str = "factorization"):
+                 session_l2: float = 0.0, members: int = 1, name: str = "factorization"):
         super().__init__(name=name, trainable=False)
+        if int(members) < 1:
+            raise ValueError(f"a factorization needs at least one member, not {members}")
+        self.members = int(members)
         self.dim, self.l2, self.bias_l2 = int(dim), float(l2), float(bias_l2)
         self.fold_l2 = float(fold_l2) if fold_l2 > 0 else self.l2
         self.iterations, self.weight = int(iterations), float(weight)
@@ -131,7 +143,7 @@ class FoldedFactorization(tf.keras.layers.Layer):
             return None
         return cls(hp.mf_dim, hp.mf_l2, hp.mf_bias_l2, hp.mf_iterations, hp.mf_weight,
                    hp.mf_half_life_days, hp.mf_fold_l2, hp.mf_prior_scale,
-                   hp.mf_session_tau, hp.mf_session_l2)
+                   hp.mf_session_tau, hp.mf_session_l2, hp.mf_members)
 
     def fit(self, users, movies, times, ratings, num_users: int, num_movies: int,
             mean: float):
@@ -140,34 +152,41 @@ class FoldedFactorization(tf.keras.layers.Layer):
         if self.fitted:
             raise ValueError(f"{self.name} is fitted already")
         started = time.time()
-        tables = fit_als(users, movies, ratings, num_users, num_movies, self.dim, self.l2,
-                         self.bias_l2, self.iterations, mean)
         newest = np.full(num_users, _NEVER, np.int64)
         np.maximum.at(newest, np.asarray(users, np.int64), np.asarray(times, np.int64))
+        regularizer = np.diag([self.bias_l2] + [self.fold_l2] * self.dim)
+        user_terms, movie_terms, priors, unknowns = [], [], [], []
+        for seed in range(self.members):
+            tables = fit_als(users, movies, ratings, num_users, num_movies, self.dim,
+                             self.l2, self.bias_l2, self.iterations, mean, seed=seed)
+            user_terms.append(np.hstack([tables["user_bias"][:, None],
+                                         tables["user_factors"]]))
+            # row 0: history padding (movie_id_xf + 1 indexes the others)
+            movie_terms.append(np.vstack([np.zeros((1, self.dim + 1)), np.hstack(
+                [tables["movie_bias"][:, None], tables["movie_factors"]])]))
+            if self.prior_scale > 0:
+                prior, unknown = self._population(tables, user_terms[-1], users, movies,
+                                                  ratings, mean, newest != _NEVER)
+                priors.append(prior)
+                unknowns.append(self._with_session(unknown))
 
         def variable(value, dtype, name):
             return tf.Variable(np.asarray(value), trainable=False, dtype=dtype, name=name)
 
-        users_terms = np.hstack([tables["user_bias"][:, None], tables["user_factors"]])
-        regularizer = np.diag([self.bias_l2] + [self.fold_l2] * self.dim)
         self.mean = variable(mean, tf.float32, "mean")
-        self.user_prior = variable(users_terms, tf.float32, "user_prior")
+        self.user_prior = variable(np.stack(user_terms), tf.float32, "user_prior")
         self.unknown_prior = self.unknown_regularizer = None
         if self.prior_scale > 0:
-            prior, unknown = self._population(tables, users_terms, users, movies, ratings,
-                                              mean, newest != _NEVER)
-            self.unknown_prior = variable(prior, tf.float32, "unknown_prior")
-            self.unknown_regularizer = variable(self._with_session(unknown),
-                                                tf.float32, "unknown_regularizer")
-        # row 0: history padding (movie_id_xf + 1 indexes the others)
-        self.movie_terms = variable(np.vstack([np.zeros((1, self.dim + 1)), np.hstack(
-            [tables["movie_bias"][:, None], tables["movie_factors"]])]), tf.float32,
-            "movie_terms")
+            self.unknown_prior = variable(np.stack(priors), tf.float32, "unknown_prior")
+            self.unknown_regularizer = variable(np.stack(unknowns), tf.float32,
+                                                "unknown_regularizer")
+        self.movie_terms = variable(np.stack(movie_terms), tf.float32, "movie_terms")
         self.newest = variable(newest, tf.int64, "newest_training_time")
         self.regularizer = tf.constant(self._with_session(regularizer), tf.float32)
         self.fitted = True
         seconds = time.time() - started
-        logging.getLogger("movierec.trainer").info("factorization (ALS): %.1f s", seconds)
+        logging.getLogger("movierec.trainer").info(
+            "factorization (ALS, %d member(s)): %.1f s", self.members, seconds)
         return seconds
 
     def _population(self, tables, users_terms, users, movies, ratings, mean, seen):
@@ -194,42 +213,47 @@ class FoldedFactorization(tf.keras.layers.Layer):
         return out
 
     def call(self, features):
+        # [members, batch, ...] throughout: each member folds the user in on its own tables
         users = tf.reshape(features[F.USER_ID_XF], [-1])
-        movie = tf.gather(self.movie_terms, tf.reshape(features[F.MOVIE_ID_XF], [-1]) + 1)
-        prior = tf.gather(self.user_prior, users)  # [batch, k]
+        movie = tf.gather(self.movie_terms, tf.reshape(features[F.MOVIE_ID_XF], [-1]) + 1,
+                          axis=1)  # [members, batch, k]
+        prior = tf.gather(self.user_prior, users, axis=1)  # [members, batch, k]
         newest = tf.gather(self.newest, users)
         unknown = tf.equal(newest, _NEVER)  # no training rating
         if self.unknown_prior is not None:  # never seen: the trained users' distribution
-            prior = tf.where(unknown[:, None], self.unknown_prior[None], prior)
+            prior = tf.where(unknown[None, :, None], self.unknown_prior[:, None], prior)
         if F.HISTORY_IDS_XF not in features:  # a model without history (history_len=0)
-            return self._rated(prior, movie)
+            return tf.reduce_mean(self._rated(prior, movie), axis=0)
         ids = features[F.HISTORY_IDS_XF]
-        history = tf.gather(self.movie_terms, ids)  # [batch, L, k]
+        history = tf.gather(self.movie_terms, ids, axis=1)  # [members, batch, L, k]
         times = features[F.HISTORY_TIMES_XF]
-        newer = tf.cast((ids > 0) & (times > newest[:, None]), tf.float32)
+        newer = tf.cast((ids > 0) & (times > newest[:, None]), tf.float32)  # [batch, L]
         now = tf.reshape(features[F.TIMESTAMP_XF], [-1, 1]) \
             if self.half_life > 0 or self.session_tau > 0 else None
         age = tf.cast(tf.maximum(now - times, 0), tf.float32) if now is not None else None
         if self.half_life > 0:  # older ratings count less: 2^(-age / half-life) + RECENT_FLOOR
             newer *= tf.pow(0.5, age / self.half_life) + RECENT_FLOOR
-        regularizer = self.regularizer[None]  # [1 or batch, k(+1), k(+1)]
+        regularizer = self.regularizer[None, None]  # [1 or members, 1 or batch, k', k']
         if self.unknown_prior is not None:
-            regularizer = tf.where(unknown[:, None, None], self.unknown_regularizer[None],
-                                   regularizer)
+            regularizer = tf.where(unknown[None, :, None, None],
+                                   self.unknown_regularizer[:, None], regularizer)
         x = tf.concat([tf.ones_like(history[..., :1]), history[..., 1:]], axis=-1)
         if self.session_tau > 0:  # the sitting's residual: exp(-age / tau), prior 0
-            x = tf.concat([x, tf.exp(-age / self.session_tau)[..., None]], axis=-1)
-            prior = tf.concat([prior, tf.zeros_like(prior[:, :1])], axis=-1)
-        target = features[F.HISTORY_RATINGS_XF] - history[..., 0]  # r - mu - b_m
-        xw = x * newer[..., None]
-        gram = tf.matmul(xw, x, transpose_a=True) + regularizer  # [batch, k(+1), k(+1)]
-        rhs = (tf.reduce_sum(xw * target[..., None], axis=1)
+            session = tf.exp(-age / self.session_tau)[None, ..., None]  # [1, batch, L, 1]
+            x = tf.concat([x, tf.broadcast_to(session, tf.shape(x[..., :1]))], axis=-1)
+            prior = tf.concat([prior, tf.zeros_like(prior[..., :1])], axis=-1)
+        target = features[F.HISTORY_RATINGS_XF][None] - history[..., 0]  # r - mu - b_m
+        xw = x * newer[None, ..., None]
+        gram = tf.matmul(xw, x, transpose_a=True) + regularizer  # [members, batch, k', k']
+        rhs = (tf.reduce_sum(xw * target[..., None], axis=2)
                + tf.linalg.matvec(regularizer, prior))
-        solved = tf.linalg.solve(gram, rhs[..., None])[..., 0]
-        rating = self._rated(solved[:, :self.dim + 1], movie)
-        return rating + solved[:, self.dim + 1] if self.session_tau > 0 else rating
+        solved = tf.linalg.solve(gram, rhs[..., None])[..., 0]  # [members, batch, k']
+        rating = self._rated(solved[..., :self.dim + 1], movie)
+        if self.session_tau > 0:
+            rating += solved[..., self.dim + 1]
+        return tf.reduce_mean(rating, axis=0)
 
     def _rated(self, user, movie):
-        """mu + b_m + b_u + p_u . q_m of [batch, k] user and movie terms."""
-        return (self.mean + movie[:, 0] + user[:, 0]
-                + tf.reduce_sum(user[:, 1:] * movie[:, 1:], axis=1))
+        """mu + b_m + b_u + p_u . q_m of [..., k] user and movie terms."""
+        return (self.mean + movie[..., 0] + user[..., 0]
+                + tf.reduce_sum(user[..., 1:] * movie[..., 1:], axis=-1))

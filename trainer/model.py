@@ -127,6 +127,8 @@ class HParams:
     mf_prior_scale: float = 0.5
     mf_session_tau: float = 300.0
     mf_session_l2: float = 20.0
+    # ... and is the mean of mf_members ALS fits from different random starts (1: one).
+    mf_members: int = 1
     # Retrieval index in the exported model: "brute_force" (exact) or "scann" (approximate,
     # for catalogs of tens of thousands of movies and more).
     index: str = "brute_force"
