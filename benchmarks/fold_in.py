@@ -54,7 +54,7 @@ def fold_in_rmse(train: R.Ratings, held_out: R.Ratings, setting, hp: HParams,
     movies = np.unique(np.concatenate([train.movie, held_out.movie]))
     layer = FoldedFactorization(dim, l2, hp.mf_bias_l2, hp.mf_iterations, hp.mf_weight,
                                 hp.mf_half_life_days, hp.mf_fold_l2, prior_scale, tau,
-                                session_l2)
+                                session_l2, members=hp.mf_members)
     mean = float(np.mean(train.rating))
     layer.fit(R.lookup(users, train.user), R.lookup(movies, train.movie), train.timestamp,
               train.rating, len(users), len(movies), mean)
