@@ -62,12 +62,10 @@ _NEVER = np.iinfo(np.int64).min
 RECENT_FLOOR = 0.1  # the weight of a rating far older than the half-life, plus 2^(-age/h)
 
 
-def _ridge(rows, design, targets, num_rows: int, reg: np.ndarray,
-           prior: np.ndarray | None = None) -> np.ndarray:
-    """[num_rows, k]: per row id, argmin_a sum (t - x.a)^2 + (a - prior)' reg (a - prior)
-    over its (design row x, target t) pairs; rows without pairs get the prior (or 0)."""
-    k = design.shape[1]
-    out = np.zeros((num_rows, k)) if prior is None else np.array(prior, dtype=np.float64)
+def _ridge(rows, design, targets, num_rows: int, reg: np.ndarray) -> np.ndarray:
+    """[num_rows, k]: per row id, argmin_a sum (t - x.a)^2 + a' reg a over its (design
+    row x, target t) pairs; rows without pairs get 0."""
+    out = np.zeros((num_rows, design.shape[1]))
     order = np.argsort(rows, kind="stable")
     rows, design, targets = rows[order], design[order], targets[order]
     starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else np.zeros(0, int)
@@ -83,7 +81,6 @@ def _ridge(rows, design, targets, num_rows: int, reg: np.ndarray,
         gram = np.add.reduceat(x[:, :, None] * x[:, None, :], bounds, axis=0)
         rhs = np.add.reduceat(x * t[:, None], bounds, axis=0)
         ids = rows[starts[begin:end]]
-        rhs += (out[ids] @ reg) if prior is not None else 0.0
         out[ids] = np.linalg.solve(gram + reg, rhs[..., None])[..., 0]
         begin = end
     return out
