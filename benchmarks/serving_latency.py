@@ -10,8 +10,11 @@ throughput and errors, beside the in-process SavedModel call (the floor: the sam
 signature called directly in this process, one request at a time).
 
     .venv/bin/python benchmarks/serving_latency.py --model-base output/serving [--requests 1000]
-        [--concurrency 1,8,32] [--threads 4] [--signatures recommend,recommend_history]
-        [--json results.json]
+        [--concurrency 1,8,32] [--threads 4] [--workers 2] [--tf-threads 1]
+        [--signatures recommend,recommend_history] [--json results.json]
+
+--threads, --workers and --tf-threads are the server's (`movierec serve`); the server CPU
+column counts its workers too.
 
 The load goes to 127.0.0.1 only, over persistent HTTP/1.1 connections (http.client, one per
 client thread), and stops by itself after the bounded number of requests.
@@ -56,13 +59,13 @@ def summarize(latencies, seconds, errors):
 
 
 # ---------------------------------------------------------------------------- the server
-def start_server(model_base: str, threads: int, log_path: str):
+def start_server(model_base: str, threads: int, log_path: str, extra: tuple = ()):
     ready = os.path.join(tempfile.mkdtemp(prefix="movierec-bench-"), "ready")
     log = open(log_path, "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "serve", "--model-base", model_base,
          "--host", "127.0.0.1", "--port", "0", "--threads", str(threads),
-         "--ready-file", ready],
+         "--ready-file", ready, *extra],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 180
     while not os.path.exists(ready):
@@ -85,13 +88,23 @@ def stop_server(proc) -> int:
 
 # ------------------------------------------------------------------------------ the load
 def cpu_seconds(pid=None) -> float:
-    """User + system CPU seconds of a process (this one by default), from /proc."""
+    """User + system CPU seconds of a process (this one by default) and its children's
+    (the server's workers), from /proc."""
     if pid is None:
         t = os.times()
         return t.user + t.system
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(child) for child in _children(pid))  # --workers'
+
+
+def _children(pid) -> list:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
 
 
 def run_load(host, port, path, bodies, total, concurrency):
@@ -241,6 +254,8 @@ def main(argv=None):
                         help="requests per signature and concurrency (default 5000)")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--threads", type=int, default=1, help="server --threads")
+    parser.add_argument("--workers", type=int, default=1, help="server --workers")
+    parser.add_argument("--tf-threads", type=int, default=0, help="server --tf-threads")
     parser.add_argument("--signatures", default="recommend,recommend_history,serving_default",
                         help="request kinds (default recommend,recommend_history,"
                         "serving_default)")
@@ -261,7 +276,9 @@ def main(argv=None):
         raise SystemExit(f"unknown request kind {unknown[0]!r} ({', '.join(bodies)})")
     results = []
     log_path = os.path.join(tempfile.gettempdir(), "movierec-bench-server.log")
-    proc, host, port = start_server(model_base, args.threads, log_path)
+    proc, host, port = start_server(model_base, args.threads, log_path,
+                                    ("--workers", str(args.workers),
+                                     "--tf-threads", str(args.tf_threads)))
     try:
         path = "/v1/models/movierec:predict"
         for name in signatures:

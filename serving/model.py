@@ -1,7 +1,8 @@
 """One loaded SavedModel version and the TF-Serving REST conventions around it.
 
-`ServedModel.load(path, version)` loads a version directory, reads its SignatureDefs (for
-the metadata endpoint) and warms every signature up once. `Signature.feeds(request)` turns
+`ServedModel.load(path, version)` loads a version directory into a Session of its own
+(trainer/saved_model.load_session: the signatures run as inlined graphs), reads its
+SignatureDefs (for the metadata endpoint) and warms every signature up once. `Signature.feeds(request)` turns
 the JSON body of a TF Serving `:predict` request — row format (`instances`) or columnar
 format (`inputs`) — into numpy inputs, checking names, dtypes and shapes against the
 signature; `Signature.call_batch` runs one or several requests' inputs as one call; and
@@ -76,10 +77,7 @@ def _flatten(value, shape: tuple, where: str, out: list):
     if not isinstance(value, list) or len(value) != shape[0]:
         raise RequestError(f"{where}: ragged list (all rows must have the same length)")
     inner = shape[1:]
-    if not inner:  # the common case: a list of scalars
-        for item in value:
-            if isinstance(item, list):
-                raise RequestError(f"{where}: ragged or over-nested list")
+    if not inner:  # the common case: a list of scalars (a list among them: _array says)
         out.extend(value)
         return
     for item in value:
@@ -142,10 +140,11 @@ def _plain(flat: list, np_dtype):
     and names the bad one)."""
     if not flat:
         return flat
+    types = set(map(type, flat))
     if np_dtype is object:
-        if all(type(v) is str for v in flat):
+        if types == {str}:
             try:
-                return [v.encode("utf-8") for v in flat]
+                return list(map(str.encode, flat))  # UTF-8
             except UnicodeEncodeError:  # a lone surrogate: the check names it
                 return None
         return None
@@ -153,9 +152,9 @@ def _plain(flat: list, np_dtype):
         return None
     kind = np.dtype(np_dtype).kind
     if kind == "f":
-        return flat if all(type(v) is float or type(v) is int for v in flat) else None
-    if kind in "iu" and all(type(v) is int for v in flat) \
-            and min(flat) >= _INT64_MIN and max(flat) <= _INT64_MAX:
+        return flat if types <= {float, int} else None
+    if kind in "iu" and types == {int} and min(flat) >= _INT64_MIN \
+            and max(flat) <= _INT64_MAX:
         return flat
     return None
 
@@ -252,6 +251,8 @@ class Signature:
             raise RequestError(f"{where}: at most {MAX_BATCH} instances per request")
         converted = _plain(flat, np_dtype)
         if converted is None:  # some value needs its check (or conversion): one by one
+            if any(isinstance(v, list) for v in flat):
+                raise RequestError(f"{where}: ragged or over-nested list")
             converted = [v if type(v) is bytes else convert(v, where) for v in flat]
         if name == S.K and spec.dtype.is_integer:
             too_big = [k for k in converted if k > S.MAX_K]
@@ -403,6 +404,8 @@ class Signature:
 
     def call(self, feeds: dict) -> dict:
         """Runs the signature on numpy inputs; numpy outputs. Thread-safe."""
+        if isinstance(self.fn, GraphSignature):
+            return self.fn(**feeds)
         tensors = {name: tf.constant(value, dtype=self.inputs[name].dtype)
                    for name, value in feeds.items()}
         outputs = self.fn(**tensors)
@@ -492,7 +495,8 @@ def _pad_histories(columns: dict, inputs: dict, columnar: dict | None = None) ->
     width = max((len(r) for v in rows.values() for r in v), default=0)
     for n in names:
         pad = "" if n == S.HISTORY_MOVIE_IDS else 0
-        padded = [list(r) + [pad] * (width - len(r)) for r in rows[n]]
+        padded = [r if len(r) == width else list(r) + [pad] * (width - len(r))
+                  for r in rows[n]]
         if columnar is not None:
             columnar[n] = padded
         else:
@@ -516,7 +520,8 @@ def check_history(feeds: dict, catalog=None) -> None:
                                f"outside {low:g}..{high:g}")
     if catalog is not None and given.any():
         named = ids[given].tolist()  # row-major, as np.argwhere lists their positions
-        unknown = next((n for n, movie in enumerate(named) if movie not in catalog), None)
+        unknown = None if catalog.issuperset(named) else next(
+            n for n, movie in enumerate(named) if movie not in catalog)
         if unknown is not None:
             i, j = map(int, np.argwhere(given)[unknown])
             movie = named[unknown]
@@ -565,13 +570,36 @@ def _jsonable(array: np.ndarray):
 
 
 # ------------------------------------------------------------------------ a loaded version
-def _signature_defs(path: str) -> dict:
-    """{name: SignatureDef as TF Serving prints it}, read from saved_model.pb."""
-    from tensorflow.python.saved_model import loader_impl
+class GraphSignature:
+    """A signature of a version loaded into a Session (trainer/saved_model.load_session),
+    called as a loaded TF2 signature is (keyword inputs, a dict of outputs), on numpy
+    arrays: its input and output specs from the SignatureDef, one Session callable."""
 
-    saved_model = loader_impl.parse_saved_model(path)
+    def __init__(self, session, signature_def):
+        def spec(name, info):
+            shape = (tf.TensorShape(None) if info.tensor_shape.unknown_rank else
+                     tf.TensorShape([d.size if d.size >= 0 else None
+                                     for d in info.tensor_shape.dim]))
+            return tf.TensorSpec(shape, tf.as_dtype(info.dtype), name=name)
+
+        inputs = sorted(signature_def.inputs.items())
+        outputs = sorted(signature_def.outputs.items())
+        self.structured_input_signature = ((), {n: spec(n, i) for n, i in inputs})
+        self.structured_outputs = {n: spec(n, i) for n, i in outputs}
+        self._inputs = [n for n, _ in inputs]
+        self._outputs = [n for n, _ in outputs]
+        self._run = session.make_callable([i.name for _, i in outputs],
+                                          [i.name for _, i in inputs])
+
+    def __call__(self, **feeds) -> dict:
+        values = self._run(*[feeds[n] for n in self._inputs])
+        return dict(zip(self._outputs, values))
+
+
+def _signature_def_json(meta_graph) -> dict:
+    """{name: SignatureDef as TF Serving prints it}."""
     defs = {}
-    for name, sig in saved_model.meta_graphs[0].signature_def.items():
+    for name, sig in meta_graph.signature_def.items():
         if name.startswith("__"):  # __saved_model_init_op: not callable
             continue
         defs[name] = json_format.MessageToDict(
@@ -579,30 +607,43 @@ def _signature_defs(path: str) -> dict:
     return defs
 
 
-class ServedModel:
-    """A SavedModel version loaded for serving."""
+def _catalog_ids(path: str):
+    """The movie ids of a movierec version (the `movie_ids` Variable, read from its
+    checkpoint), as a set; None for a model without them."""
+    try:
+        ids = tf.train.load_variable(f"{path.rstrip('/')}/variables/variables",
+                                     f"{S.MOVIE_IDS}/.ATTRIBUTES/VARIABLE_VALUE")
+    except (tf.errors.NotFoundError, ValueError):
+        return None
+    return set(np.asarray(ids).ravel().tolist())
 
-    def __init__(self, version: int, path: str, module, signatures: dict):
+
+class ServedModel:
+    """A SavedModel version loaded for serving: into a Session of its own, its signatures
+    run as graphs (GraphSignature)."""
+
+    def __init__(self, version: int, path: str, session, signatures: dict, catalog=None):
         self.version = version
         self.path = path
-        self.module = module  # keeps the functions' resources alive
+        self.session = session  # the signatures' graph and state
         self.signatures = signatures
-        ids = getattr(module, S.MOVIE_IDS, None)  # a history's movies are checked against it
-        self.catalog = (set(np.asarray(ids.numpy()).ravel().tolist()) if ids is not None
-                        else None)
+        self.catalog = catalog  # a history's movies are checked against it (None: not)
 
     @classmethod
-    def load(cls, path: str, version: int, warm_up: bool = True) -> "ServedModel":
-        defs = _signature_defs(path)
-        module = saved_model.load(path)
-        signatures = {name: Signature(name, fn, defs.get(name, {}))
-                      for name, fn in module.signatures.items()}
+    def load(cls, path: str, version: int, warm_up: bool = True,
+             threads: int = 0) -> "ServedModel":
+        """threads: TensorFlow's threads (trainer/saved_model.load_session)."""
+        session, meta_graph = saved_model.load_session(path, threads)
+        defs = _signature_def_json(meta_graph)
+        signatures = {name: Signature(name, GraphSignature(session, sig), defs[name])
+                      for name, sig in meta_graph.signature_def.items() if name in defs}
         if not signatures:
+            session.close()
             raise ValueError(f"{path} has no serving signatures")
         if warm_up:
             for signature in signatures.values():
                 signature.warm_up()
-        return cls(version, path, module, signatures)
+        return cls(version, path, session, signatures, _catalog_ids(path))
 
     def metadata(self, model_name: str) -> dict:
         """GetModelMetadata's JSON (TF Serving's REST shape)."""

@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import threading
 import time
 import weakref
@@ -41,12 +42,12 @@ import tensorflow as tf
 
 from serving import versions
 from serving.model import RequestError, ServedModel
+from serving.workers import LOOPBACK
 from trainer import storage
 
 log = logging.getLogger("movierec.serve")
 
 MAX_BODY = 64 * 1024 * 1024
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 # ----------------------------------------------------------------------------- versions
@@ -415,8 +416,11 @@ def create_app(manager: VersionManager, threads: int = 1):
 # ----------------------------------------------------------------------------- running
 def serve(model_base: str, host: str = "127.0.0.1", port: int = 8501,
           model_name: str = "movierec", poll_seconds: float = 2.0, threads: int = 1,
-          access_log: bool = False, ready_file: str | None = None) -> int:
-    """Runs the server until SIGTERM or SIGINT; returns 0 after a clean shutdown."""
+          access_log: bool = False, ready_file: str | None = None,
+          tf_threads: int = 0, listen_fd: int | None = None) -> int:
+    """Runs the server until SIGTERM or SIGINT; returns 0 after a clean shutdown.
+    tf_threads: TensorFlow's threads (0: one per core); listen_fd: a listening socket to
+    accept on instead of binding host:port (a worker of serving/workers.py)."""
     import uvicorn
 
     def stop_early(sig, frame):  # before the server runs (e.g. during the first load)
@@ -426,13 +430,14 @@ def serve(model_base: str, host: str = "127.0.0.1", port: int = 8501,
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, stop_early)
     base = versions.model_base(storage.absolute(model_base), model_name)
-    manager = VersionManager(model_name, base, poll_seconds)
+    manager = VersionManager(model_name, base, poll_seconds,
+                             loader=functools.partial(ServedModel.load, threads=tf_threads))
     manager.poll(initial=True)
     if manager.current is None:
         log.warning("no loadable version under %s yet; waiting for one", base)
     manager.start()
 
-    if host not in LOOPBACK:
+    if host not in LOOPBACK and listen_fd is None:
         log.warning("listening on %s: reachable from other machines (no authentication)",
                     host)
 
@@ -474,7 +479,7 @@ def serve(model_base: str, host: str = "127.0.0.1", port: int = 8501,
         loop=_best("uvloop", "asyncio"), http=_best("httptools", "h11"))
     server = Server(config)
     try:
-        server.run()
+        server.run(sockets=None if listen_fd is None else [socket.socket(fileno=listen_fd)])
     finally:
         manager.stop()
     if not server.started:

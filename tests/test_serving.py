@@ -41,13 +41,13 @@ def loaded(model_dir):
 
 
 class Server:
-    def __init__(self, base, tmp):
+    def __init__(self, base, tmp, *args):
         self.ready = tmp / "ready"
         self.log_path = tmp / "server.log"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "serve", "--model-base", str(base),
-             "--port", "0", "--poll-seconds", "0.2", "--ready-file", str(self.ready)],
+             "--port", "0", "--poll-seconds", "0.2", "--ready-file", str(self.ready), *args],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self):
@@ -525,6 +525,62 @@ def test_sigterm_shuts_down_cleanly(server):
     assert "stopped" in server.log()
 
 
+# ---------------------------------------------------------------------------- --workers
+def _worker_pids(server) -> list:
+    """The pids of the workers that said they are serving, in the order they did."""
+    import re
+
+    return [int(p) for p in re.findall(r"movierec\.serve\[(\d+)\]: serving movierec at",
+                                       server.log())]
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is not alive
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_workers_share_the_port_a_dead_one_is_replaced_and_sigterm_stops_all(
+        model_dir, loaded, tmp_path):
+    base = tmp_path / "serving"
+    shutil.copytree(model_dir, base / "movierec" / "1")
+    server = Server(base, tmp_path, "--workers", "2")
+    try:
+        server.wait_ready()  # once both workers listen
+        first = _worker_pids(server)
+        assert len(set(first)) == 2 and server.proc.pid not in first, server.log()
+        for pid in first:  # the supervisor's children
+            with open(f"/proc/{pid}/stat") as f:
+                assert int(f.read().rsplit(")", 1)[1].split()[1]) == server.proc.pid
+        expected = saved_model.call(loaded, "recommend", user_id=tf.constant(["1"]))
+        request = {"signature_name": "recommend", "instances": ["1"]}
+        for _ in range(6):  # new connections, whichever worker takes each
+            status, body = server.predict(request)
+            assert status == 200, body
+            assert body["predictions"][0]["movie_ids"] == [
+                m.decode() for m in expected["movie_ids"].numpy()[0]]
+
+        os.kill(first[0], signal.SIGKILL)
+        replaced = _wait_for(lambda: len(_worker_pids(server)) == 3 and _worker_pids(server),
+                             "the dead worker to be replaced")
+        assert "exited with -9: starting it again" in server.log()
+        assert replaced[2] not in first and _alive(first[1])
+        assert server.predict(request)[0] == 200
+
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=60) == 0, server.log()
+        assert not any(_alive(pid) for pid in replaced[1:])
+        assert server.log().rstrip().endswith("stopped")
+    finally:
+        for pid in _worker_pids(server):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        server.stop()
+
+
 # ------------------------------------------------------------------ recommend and rate CLI
 @pytest.fixture
 def cached_loads(monkeypatch, model_dir, loaded):
@@ -610,3 +666,12 @@ def test_rate_command(capsys, model_dir, synth_data, loaded, cached_loads):
     rc, _, err = _cli(capsys, "rate", "--model", model, "--user", "1", "--movie",
                       "no such film")
     assert rc == 2 and err == "movierec: error: no movie with id or title 'no such film'"
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--workers", "0", "--workers must be at least 1"),
+    ("--tf-threads", "-1", "--tf-threads must be 0 (one per core) or more"),
+])
+def test_bad_serve_flags_are_one_line(capsys, tmp_path, flag, value, message):
+    rc, out, err = _cli(capsys, "serve", "--model-base", str(tmp_path), flag, value)
+    assert rc != 0 and message in err and len(err.splitlines()) == 1, err

@@ -202,12 +202,12 @@ class MovieRecExport(tf.Module):
 
     # ----------------------------------------------------------------- raw feature lookups
     def _raw_movies(self, rows):
-        genres = tf.gather(self._movie_genres, rows)
+        genres = _gather(self._movie_genres, rows)
         return {
-            F.MOVIE_ID: tf.gather(self.movie_ids, rows),
-            F.MOVIE_TITLE: tf.gather(self.movie_titles, rows),
+            F.MOVIE_ID: _gather(self.movie_ids, rows),
+            F.MOVIE_TITLE: _gather(self.movie_titles, rows),
             F.MOVIE_GENRES: tf.sparse.from_dense(genres),  # drops the "" padding
-            F.MOVIE_YEAR: tf.gather(self._movie_years, rows),
+            F.MOVIE_YEAR: _gather(self._movie_years, rows),
         }
 
     def _raw_query(self, user_id, timestamp, demographics=None):
@@ -236,7 +236,7 @@ class MovieRecExport(tf.Module):
         padding, left out), and the catalog rows it names ([batch, L], -1: none)."""
         rows = self._rows_of(movie_ids)
         named = rows >= 0
-        ids = tf.where(named, tf.gather(self._row_xf, tf.maximum(rows, 0)) + 1, 0)
+        ids = tf.where(named, _gather(self._row_xf, tf.maximum(rows, 0)) + 1, 0)
         return {F.HISTORY_IDS_XF: tf.cast(ids, tf.int32),
                 F.HISTORY_RATINGS_XF: tf.where(named, ratings - self._mean_rating, 0.0),
                 F.HISTORY_TIMES_XF: tf.where(named, timestamps, 0)}, rows
@@ -301,14 +301,15 @@ class MovieRecExport(tf.Module):
                 / tf.maximum(count, 1.0))
         liked = valid & (centred >= mean - _LIKED_TOLERANCE)
         liked = tf.where(tf.reduce_any(liked, axis=1, keepdims=True), liked, valid)
-        unit = tf.math.l2_normalize(self.candidate_embeddings, axis=1)
-        shown = tf.gather(unit, rows)  # [batch, k, d]
-        past = tf.gather(unit, tf.maximum(hist_rows, 0))  # [batch, L, d]
+        # the rows' unit vectors, gathered first (not the whole catalog normalized per call)
+        shown = tf.math.l2_normalize(_gather(self.candidate_embeddings, rows), axis=2)
+        past = tf.math.l2_normalize(
+            _gather(self.candidate_embeddings, tf.maximum(hist_rows, 0)), axis=2)
         cosine = tf.matmul(shown, past, transpose_b=True)  # [batch, k, L]
         cosine = tf.where(liked[:, None, :], cosine, -np.inf)
         best = tf.argmax(cosine, axis=2, output_type=tf.int32)  # [batch, k]
         best_rows = tf.gather(hist_rows, best, batch_dims=1)
-        ids = tf.gather(self.movie_ids, tf.maximum(best_rows, 0))
+        ids = _gather(self.movie_ids, tf.maximum(best_rows, 0))
         any_history = tf.reduce_any(valid, axis=1, keepdims=True)
         return tf.where(any_history & (best_rows >= 0), ids, tf.fill(tf.shape(ids), ""))
 
@@ -345,7 +346,10 @@ class MovieRecExport(tf.Module):
             # exact: every catalog movie's score (added movies too; an anonymous request's
             # are the popularity near its time), the excluded ones at -inf, then the best k
             scores = tf.matmul(query, self.candidate_embeddings, transpose_b=True)
-            scores = tf.where(anonymous[:, None], self._popular(timestamp), scores)
+            scores = tf.cond(  # popularity computed only when the batch has one
+                tf.reduce_any(anonymous),
+                lambda: tf.where(anonymous[:, None], self._popular(timestamp), scores),
+                lambda: scores)
             excluded = self._seen_mask(seen) & exclude[:, None]
             scores = tf.where(excluded, tf.fill(tf.shape(scores), -np.inf), scores)
             scores, rows = tf.math.top_k(scores, k=k)
@@ -366,8 +370,8 @@ class MovieRecExport(tf.Module):
             scores = tf.where(anonymous[:, None], popular, scores)
             rows = tf.where(anonymous[:, None], tf.cast(popular_rows, rows.dtype), rows)
         return {
-            S.MOVIE_IDS: tf.gather(self.movie_ids, rows),
-            S.MOVIE_TITLES: tf.gather(self.movie_titles, rows),
+            S.MOVIE_IDS: _gather(self.movie_ids, rows),
+            S.MOVIE_TITLES: _gather(self.movie_titles, rows),
             S.SCORES: scores,
             S.KNOWN_USER: known,
             S.BECAUSE: self._because(rows, read),
@@ -505,6 +509,13 @@ def _is_given(value):
     """Where a request's demographic input says something: not 0, not ""."""
     empty = tf.fill(tf.shape(value), "") if value.dtype == tf.string else tf.zeros_like(value)
     return tf.not_equal(value, empty)
+
+
+def _gather(variable, rows):
+    """tf.gather on a catalog Variable's dense value. A gather on the Variable itself
+    (ResourceGather) puts it in copy-on-read mode, after which every read of it (its shape,
+    a matmul over it) copies the whole catalog: 90 us a request for the ids' strings."""
+    return tf.gather(variable.value(), rows)
 
 
 def _catalog_variable(value, name: str, shape=None):
