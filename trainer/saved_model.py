@@ -68,6 +68,9 @@ def load_session(path: str, threads: int = 0):
     config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=threads,
                                       intra_op_parallelism_threads=threads)
     config.graph_options.optimizer_options.do_function_inlining = True
+    # a pool of the session's own, so that a call may run on its caller's thread instead
+    # (RunOptions.inter_op_thread_pool = -1: serving/model.py's GraphSignature)
+    config.session_inter_op_thread_pool.add().num_threads = threads
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph, config=config)
     try:
