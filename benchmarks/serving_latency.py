@@ -6,8 +6,9 @@ each request kind of --signatures: `recommend` (one user per request), `recommen
 (`recommend` for one user with a request history of HISTORY_LEN ratings: random catalog
 movies rated 1..5 at increasing timestamps; every other user unknown to the model) and
 `serving_default` (one b64 tf.Example per request), and prints p50/p95/p99 latency,
-throughput and errors, beside the in-process SavedModel call (the floor: the same
-signature called directly in this process, one request at a time).
+throughput and errors, beside the in-process SavedModel call (the same signature of the
+loaded TF2 module, as `movierec recommend` calls it, one request at a time; the server runs
+the version as an inlined graph in a Session instead, which takes less per call).
 
     .venv/bin/python benchmarks/serving_latency.py --model-base output/serving [--requests 1000]
         [--concurrency 1,8,32] [--threads 4] [--workers 2] [--tf-threads 1]
