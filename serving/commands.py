@@ -109,10 +109,7 @@ def cmd_serve(args) -> int:
         except OSError as e:
             raise UserError(f"cannot listen on {args.host}:{args.port}: "
                             f"{e.strerror or e}") from None
-        if args.host not in workers.LOOPBACK:
-            logging.getLogger("movierec.serve").warning(
-                "listening on %s: reachable from other machines (no authentication)",
-                args.host)
+        workers.warn_if_reachable(args.host)
         return supervisor.run()
     from serving import server
 

@@ -2,8 +2,8 @@
 
 `ServedModel.load(path, version)` loads a version directory into a Session of its own
 (trainer/saved_model.load_session: the signatures run as inlined graphs), reads its
-SignatureDefs (for the metadata endpoint) and warms every signature up once. `Signature.feeds(request)` turns
-the JSON body of a TF Serving `:predict` request — row format (`instances`) or columnar
+SignatureDefs (for the metadata endpoint) and warms every signature up once.
+`Signature.feeds(request)` turns the JSON body of a TF Serving `:predict` request — row format (`instances`) or columnar
 format (`inputs`) — into numpy inputs, checking names, dtypes and shapes against the
 signature; `Signature.call_batch` runs one or several requests' inputs as one call; and
 `Signature.response` shapes the answer as TF Serving does (`predictions` / `outputs`).
@@ -202,11 +202,11 @@ def _is_b64(value) -> bool:
 class Signature:
     """One signature of a loaded model: its input/output specs and a call."""
 
-    def __init__(self, name: str, fn, signature_def: dict):
+    def __init__(self, name: str, fn: "GraphSignature", signature_def: dict):
         self.name = name
         self.fn = fn
-        self.inputs = dict(fn.structured_input_signature[1])  # name -> TensorSpec
-        self.outputs = dict(fn.structured_outputs)  # name -> TensorSpec
+        self.inputs = fn.inputs  # name -> TensorSpec
+        self.outputs = fn.outputs  # name -> TensorSpec
         self.signature_def = signature_def
         self._converters = {n: _numpy_dtype(s.dtype) for n, s in self.inputs.items()}
         # inputs a request may leave out (trainer.signatures.OPTIONAL_INPUTS), by value
@@ -405,12 +405,7 @@ class Signature:
 
     def call(self, feeds: dict) -> dict:
         """Runs the signature on numpy inputs; numpy outputs. Thread-safe."""
-        if isinstance(self.fn, GraphSignature):
-            return self.fn(**feeds)
-        tensors = {name: tf.constant(value, dtype=self.inputs[name].dtype)
-                   for name, value in feeds.items()}
-        outputs = self.fn(**tensors)
-        return {name: value.numpy() for name, value in outputs.items()}
+        return self.fn(**feeds)
 
     def call_batch(self, requests: list) -> list:
         """Runs several requests' feeds as one call; per request, its outputs or the
@@ -572,9 +567,9 @@ def _jsonable(array: np.ndarray):
 
 # ------------------------------------------------------------------------ a loaded version
 class GraphSignature:
-    """A signature of a version loaded into a Session (trainer/saved_model.load_session),
-    called as a loaded TF2 signature is (keyword inputs, a dict of outputs), on numpy
-    arrays: its input and output specs from the SignatureDef, one Session callable
+    """A signature of a version loaded into a Session (trainer/saved_model.load_session):
+    its input and output specs ({name: TensorSpec}) from the SignatureDef, and a call
+    (keyword numpy inputs, a dict of numpy outputs) through one Session callable
     (Session._make_callable_from_options, the fast path Keras 1 used)."""
 
     def __init__(self, session, signature_def):
@@ -586,8 +581,8 @@ class GraphSignature:
 
         inputs = sorted(signature_def.inputs.items())
         outputs = sorted(signature_def.outputs.items())
-        self.structured_input_signature = ((), {n: spec(n, i) for n, i in inputs})
-        self.structured_outputs = {n: spec(n, i) for n, i in outputs}
+        self.inputs = {n: spec(n, i) for n, i in inputs}
+        self.outputs = {n: spec(n, i) for n, i in outputs}
         self._inputs = [n for n, _ in inputs]
         self._outputs = [n for n, _ in outputs]
         options = config_pb2.CallableOptions(feed=[i.name for _, i in inputs],

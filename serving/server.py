@@ -40,9 +40,8 @@ import weakref
 
 import tensorflow as tf
 
-from serving import versions
+from serving import versions, workers
 from serving.model import RequestError, ServedModel
-from serving.workers import LOOPBACK
 from trainer import storage
 
 log = logging.getLogger("movierec.serve")
@@ -437,9 +436,8 @@ def serve(model_base: str, host: str = "127.0.0.1", port: int = 8501,
         log.warning("no loadable version under %s yet; waiting for one", base)
     manager.start()
 
-    if host not in LOOPBACK and listen_fd is None:
-        log.warning("listening on %s: reachable from other machines (no authentication)",
-                    host)
+    if listen_fd is None:  # a worker's supervisor warned
+        workers.warn_if_reachable(host)
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager

@@ -27,6 +27,13 @@ log = logging.getLogger("movierec.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def warn_if_reachable(host: str) -> None:
+    """The warning for an address other machines can reach."""
+    if host not in LOOPBACK:
+        log.warning("listening on %s: reachable from other machines (no authentication)",
+                    host)
+
+
 def _die_with_parent():
     """In a worker, before it runs: SIGTERM when this process dies, however it dies (a
     SIGKILLed supervisor leaves no workers holding the port)."""
@@ -63,7 +70,6 @@ class Supervisor:
         self.address = self.sock.getsockname()[:2]
         self._dir = tempfile.mkdtemp(prefix="movierec-serve-")
         self._procs: dict[int, subprocess.Popen] = {}
-        self._was_ready: dict[int, bool] = {}  # since its last start
         self._stopping = False
 
     def _start(self, i: int):
@@ -77,9 +83,9 @@ class Supervisor:
         env = {**os.environ, "UV_TCP_SINGLE_ACCEPT": "1"}
         self._procs[i] = subprocess.Popen(argv, pass_fds=(self.sock.fileno(),), env=env,
                                           preexec_fn=_die_with_parent)
-        self._was_ready[i] = False
 
     def _ready(self, i: int) -> bool:
+        """Whether worker i listens (its ready file, removed when it is started again)."""
         return os.path.exists(os.path.join(self._dir, f"worker-{i}"))
 
     def _stop_all(self) -> bool:
@@ -114,7 +120,7 @@ class Supervisor:
                     rc = proc.poll()
                     if rc is None or self._stopping:
                         continue
-                    if not self._was_ready[i]:  # it cannot start: neither will another
+                    if not self._ready(i):  # it cannot start: neither will another
                         log.error("worker %d (pid %d) exited with %d before it answered: "
                                   "stopping the server", i, proc.pid, rc)
                         self._stop_all()
@@ -122,9 +128,7 @@ class Supervisor:
                     log.error("worker %d (pid %d) exited with %d: starting it again", i,
                               proc.pid, rc)
                     self._start(i)
-                for i in self._procs:
-                    self._was_ready[i] = self._was_ready[i] or self._ready(i)
-                if not announced and all(self._was_ready.values()):
+                if not announced and all(self._ready(i) for i in self._procs):
                     announced = True
                     log.info("%d workers answering at http://%s:%d", self.workers,
                              *self.address)

@@ -326,12 +326,13 @@ def _history_feeds(user: str, movies: list, stamp: int = 880_000_000) -> dict:
                                            np.int64).reshape(1, -1)}
 
 
-def test_requests_with_histories_of_any_width_batch_together(loaded, synth_data):
+def test_requests_with_histories_of_any_width_batch_together(model_dir, synth_data):
     """recommend's histories ([batch, L], any L) are padded to the batch's widest: the
     requests share a batch key and each gets what it gets alone."""
-    from serving.model import Signature
+    from serving.model import ServedModel
 
-    signature = Signature("recommend", loaded.signatures["recommend"], {})
+    served = ServedModel.load(str(model_dir), 1, warm_up=False)
+    signature = served.signatures["recommend"]
     assert signature.batchable
     assert set(signature.paddable) == {"history_movie_ids", "history_ratings",
                                        "history_timestamps"}
@@ -354,8 +355,7 @@ def test_requests_with_histories_of_any_width_batch_together(loaded, synth_data)
             np.testing.assert_array_equal(got[name], alone[name], err_msg=name)
         np.testing.assert_allclose(got["scores"], alone["scores"], rtol=1e-5, atol=1e-6)
     # recommend_at's outputs follow the batch's largest k: never batched
-    assert Signature("recommend_at", loaded.signatures["recommend_at"], {}).batch_key(
-        requests[0]) is None
+    assert served.signatures["recommend_at"].batch_key(requests[0]) is None
 
 
 def test_concurrent_requests_with_histories_get_their_own_answers(server, loaded,

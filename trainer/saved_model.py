@@ -56,8 +56,9 @@ def load_session(path: str, threads: int = 0):
     for serving. The signatures then run as one graph: Transform's function and the
     towers' are inlined into the caller and pruned to what the signature reads (Grappler
     keeps a loaded TF2 function's calls as calls, which runs all 238 nodes of Transform's
-    function per request), about a quarter less CPU per call. threads: TensorFlow's
-    inter- and intra-op threads (0: one per core)."""
+    function per request): about a quarter less CPU per call, and about half with the
+    calls on the caller's thread (serving/model.py). threads: TensorFlow's inter- and
+    intra-op threads (0: one per core)."""
     from tensorflow.python.saved_model import tag_constants
     from tensorflow.python.util import deprecation
 
