@@ -280,3 +280,14 @@ def test_a_scann_indexed_model_takes_new_movies(capsys, tmp_path, example_files,
     np.testing.assert_array_equal(
         np.array([s for m, s in zip(top, scores) if m not in (NEW_FAN, NEW_OTHER)]),
         old_scores)
+    # the server's path (the version loaded into a Session, ScaNN's ops in it)
+    # answers as the loaded module does
+    from serving.model import ServedModel
+
+    served = ServedModel.load(str(tmp_path / "movierec" / "2"), 2)
+    feeds, _ = served.signatures[S.RECOMMEND_AT].feeds(
+        {"instances": [{S.USER_ID: fan[0], S.TIMESTAMP: AT, S.K: 100}]}, served.catalog)
+    out = served.signatures[S.RECOMMEND_AT].call(feeds)
+    assert [m.decode() for m in out[S.MOVIE_IDS][0]] == top
+    np.testing.assert_allclose(out[S.SCORES][0], scores, rtol=1e-5, atol=1e-6)
+    served.session.close()
