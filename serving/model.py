@@ -3,9 +3,9 @@
 `ServedModel.load(path, version)` loads a version directory into a Session of its own
 (trainer/saved_model.load_session: the signatures run as inlined graphs), reads its
 SignatureDefs (for the metadata endpoint) and warms every signature up once.
-`Signature.feeds(request)` turns the JSON body of a TF Serving `:predict` request — row format (`instances`) or columnar
-format (`inputs`) — into numpy inputs, checking names, dtypes and shapes against the
-signature; `Signature.call_batch` runs one or several requests' inputs as one call; and
+`Signature.feeds(request)` turns the JSON body of a TF Serving `:predict` request — row
+format (`instances`) or columnar format (`inputs`) — into numpy inputs, checking names,
+dtypes and shapes against the signature; `Signature.call_batch` runs one or several requests' inputs as one call; and
 `Signature.response` shapes the answer as TF Serving does (`predictions` / `outputs`).
 
 Conventions (TF Serving's REST API):

@@ -72,8 +72,11 @@ class Supervisor:
         self._procs: dict[int, subprocess.Popen] = {}
         self._stopping = False
 
+    def _ready_file(self, i: int) -> str:
+        return os.path.join(self._dir, f"worker-{i}")
+
     def _start(self, i: int):
-        ready = os.path.join(self._dir, f"worker-{i}")
+        ready = self._ready_file(i)
         if os.path.exists(ready):
             os.remove(ready)
         argv = [sys.executable, "-m", "pipeline.cli", "serve", *self.worker_argv,
@@ -86,7 +89,7 @@ class Supervisor:
 
     def _ready(self, i: int) -> bool:
         """Whether worker i listens (its ready file, removed when it is started again)."""
-        return os.path.exists(os.path.join(self._dir, f"worker-{i}"))
+        return os.path.exists(self._ready_file(i))
 
     def _stop_all(self) -> bool:
         """SIGTERM to every worker, then waits (SIGKILL after 30 s); True when each
