@@ -40,6 +40,8 @@ def add_commands(sub) -> None:
                        help="TensorFlow's threads for the model's operations, per worker "
                        "(default 0: the cores shared out between the workers)")
     serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker's socket
+    serve.add_argument("--loads-file", help=argparse.SUPPRESS)  # workers' connection counts
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # its slot there
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument("--ready-file", help=argparse.SUPPRESS)  # "HOST PORT" once listening
     serve.set_defaults(func=cmd_serve)
@@ -75,6 +77,13 @@ def _query_parser(sub, name: str, help_text: str):
 
 # -------------------------------------------------------------------------------- serve
 def cmd_serve(args) -> int:
+    import os
+
+    # TensorFlow's Eigen kernels, as TF Serving's own builds run, not oneDNN's (its default
+    # on x86): oneDNN's batched matmul (a recommendation's `because`) alone costs a tenth
+    # of a served call (docs/benchmarks.md); before TensorFlow is imported, here and in the
+    # workers, which inherit it
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     from pipeline.errors import UserError
     from trainer import storage
 
@@ -117,7 +126,9 @@ def cmd_serve(args) -> int:
                         model_name=args.model_name, poll_seconds=args.poll_seconds,
                         threads=args.threads, access_log=args.access_log,
                         ready_file=args.ready_file, tf_threads=threads,
-                        listen_fd=args.listen_fd)
+                        listen_fd=args.listen_fd, loads=(
+                            None if args.loads_file is None
+                            else (args.loads_file, args.worker_index)))
 
 
 # ------------------------------------------------------------------- recommend and rate

@@ -288,19 +288,40 @@ _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+
                    r"(?:(?P<meta>/metadata)|:(?P<verb>[A-Za-z]+))?/?$")
 
 
-def _json_response(body: dict, status: int = 200):
-    from starlette.responses import Response
+def _json(body: dict) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
-    return Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
-                    status_code=status, media_type="application/json")
+
+class _ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+async def _read_body(receive, headers: dict) -> bytes:
+    """The request body from ASGI `receive`, at most MAX_BODY bytes (413 past it)."""
+    length = headers.get(b"content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        raise HTTPError(413, f"request body over {MAX_BODY} bytes")
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise HTTPError(413, f"request body over {MAX_BODY} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 def create_app(manager: VersionManager, threads: int = 1):
-    """The ASGI app (Starlette) answering TF Serving's REST API for `manager`'s model."""
-    from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
-    from starlette.routing import Route
-
+    """The ASGI app answering TF Serving's REST API for `manager`'s model: a plain ASGI
+    function (a framework's routing and request objects cost a twentieth of a request's
+    CPU, docs/benchmarks.md, for one family of paths that _PATH parses anyway)."""
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads,
                                                  thread_name_prefix="predict")
     batchers = weakref.WeakKeyDictionary()  # ServedModel -> Batcher
@@ -317,17 +338,7 @@ def create_app(manager: VersionManager, threads: int = 1):
             raise HTTPError(503, f"no version of {manager.name} is loaded yet")
         return model
 
-    async def predict(request, version):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY:
-            raise HTTPError(413, f"request body over {MAX_BODY} bytes")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY:
-                raise HTTPError(413, f"request body over {MAX_BODY} bytes")
-            chunks.append(chunk)
-        body = b"".join(chunks)
+    async def predict(body: bytes, version) -> dict:
         try:
             payload = json.loads(body)
         except (UnicodeDecodeError, ValueError) as e:
@@ -353,73 +364,86 @@ def create_app(manager: VersionManager, threads: int = 1):
         except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError,
                 tf.errors.FailedPreconditionError) as e:
             raise RequestError(f"the model rejected the input: {_tf_message(e)}") from None
-        return _json_response(signature.response(outputs, row_format))
+        return signature.response(outputs, row_format)
 
-    async def endpoint(request):
+    async def answer(method: str, path: str, headers: dict, receive) -> dict:
+        """The JSON answer to one request (HTTPError / RequestError for the others)."""
+        match = _PATH.match(path)
+        if match is None:
+            raise HTTPError(404, f"no such endpoint: {path}")
+        name, version = match["name"], match["version"]
+        verb, meta = match["verb"], match["meta"]
+        if name != manager.name:
+            raise HTTPError(404, f"Servable not found for request: Latest({name})")
+        if verb is not None:
+            if verb != "predict":
+                raise HTTPError(404 if verb not in ("classify", "regress") else 400,
+                                f"only :predict is supported, not :{verb}")
+            if method != "POST":
+                raise HTTPError(405, ":predict takes POST")
+            return await predict(await _read_body(receive, headers), version)
+        if method != "GET":
+            raise HTTPError(405, f"{path} takes GET")
+        if meta:
+            return served(version).metadata(manager.name)
+        if version is not None and not version.isdigit():
+            raise HTTPError(404, f"invalid version {version!r}")
+        status = manager.status_json(None if version is None else int(version))
+        if status is None:
+            what = f"version {version} of " if version else "any version of "
+            raise HTTPError(404, f"Could not find {what}model {name}")
+        return status
+
+    async def http(scope, receive, send):
+        method, path = scope["method"], scope["path"]
         try:
-            match = _PATH.match(request.url.path)
-            if match is None:
-                raise HTTPError(404, f"no such endpoint: {request.url.path}")
-            name, version = match["name"], match["version"]
-            verb, meta = match["verb"], match["meta"]
-            if name != manager.name:
-                raise HTTPError(404, f"Servable not found for request: Latest({name})")
-            if verb is not None:
-                if verb != "predict":
-                    raise HTTPError(404 if verb not in ("classify", "regress") else 400,
-                                    f"only :predict is supported, not :{verb}")
-                if request.method != "POST":
-                    raise HTTPError(405, ":predict takes POST")
-                return await predict(request, version)
-            if request.method != "GET":
-                raise HTTPError(405, f"{request.url.path} takes GET")
-            if meta:
-                return _json_response(served(version).metadata(manager.name))
-            if version is not None and not version.isdigit():
-                raise HTTPError(404, f"invalid version {version!r}")
-            status = manager.status_json(None if version is None else int(version))
-            if status is None:
-                what = f"version {version} of " if version else "any version of "
-                raise HTTPError(404, f"Could not find {what}model {name}")
-            return _json_response(status)
+            body, status = _json(await answer(method, path, dict(scope["headers"]),
+                                              receive)), 200
         except RequestError as e:
-            return _json_response({"error": str(e)}, 400)
+            body, status = _json({"error": str(e)}), 400
         except HTTPError as e:
-            return _json_response({"error": str(e)}, e.status)
+            body, status = _json({"error": str(e)}), e.status
+        except _ClientGone:
+            return
         except Exception as e:  # noqa: BLE001 - logged with its traceback, answered in JSON
-            log.exception("%s %s failed", request.method, request.url.path)
-            return _json_response({"error": f"internal error ({type(e).__name__}); see the "
-                                            f"server log"}, 500)
+            log.exception("%s %s failed", method, path)
+            body, status = _json({"error": f"internal error ({type(e).__name__}); see the "
+                                           f"server log"}), 500
+        await send({"type": "http.response.start", "status": status,
+                    "headers": _JSON_HEADERS + [
+                        (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
-    async def not_found(request, exc):
-        code = getattr(exc, "status_code", 404)
-        return _json_response({"error": f"no such endpoint: {request.url.path}"
-                               if code == 404 else str(getattr(exc, "detail", exc))}, code)
+    async def lifespan(receive, send):
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                pool.shutdown(wait=True, cancel_futures=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
-    async def server_error(request, exc):
-        log.error("unhandled error on %s", request.url.path, exc_info=exc)
-        return _json_response({"error": "internal error"}, 500)
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            await http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await lifespan(receive, send)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        yield
-        pool.shutdown(wait=True, cancel_futures=True)
-
-    return Starlette(
-        routes=[Route("/v1/models/{rest:path}", endpoint, methods=["GET", "POST", "PUT",
-                                                                    "DELETE", "PATCH"])],
-        exception_handlers={HTTPException: not_found, Exception: server_error},
-        lifespan=lifespan)
+    return app
 
 
 # ----------------------------------------------------------------------------- running
 def serve(model_base: str, host: str = "127.0.0.1", port: int = 8501,
           model_name: str = "movierec", poll_seconds: float = 2.0, threads: int = 1,
           access_log: bool = False, ready_file: str | None = None,
-          tf_threads: int = 0, listen_fd: int | None = None) -> int:
+          tf_threads: int = 0, listen_fd: int | None = None,
+          loads: tuple[str, int] | None = None) -> int:
     """Runs the server until SIGTERM or SIGINT; returns 0 after a clean shutdown.
     tf_threads: TensorFlow's threads (0: one per core); listen_fd: a listening socket to
-    accept on instead of binding host:port (a worker of serving/workers.py)."""
+    accept on instead of binding host:port, and loads: (the workers' Loads file, this
+    worker's index) to take its share of the connections (a worker of
+    serving/workers.py)."""
     import uvicorn
 
     def stop_early(sig, frame):  # before the server runs (e.g. during the first load)
@@ -455,25 +479,46 @@ def serve(model_base: str, host: str = "127.0.0.1", port: int = 8501,
                 for s, handler in saved.items():
                     signal.signal(s, handler)
 
+        acceptor = None  # a worker's (workers.BalancedAcceptor)
+
         async def startup(self, sockets=None):
-            await super().startup(sockets)
-            if self.started:
-                for server in self.servers:
-                    for sock in server.sockets:
-                        address = sock.getsockname()
-                        log.info("serving %s at http://%s:%d/v1/models/%s", model_name,
-                                 address[0], address[1], model_name)
-                        if ready_file:
-                            with open(ready_file + ".tmp", "w") as f:
-                                f.write(f"{address[0]} {address[1]}\n")
-                            os.replace(ready_file + ".tmp", ready_file)
-                        break
-                    break
+            if loads is None:
+                await super().startup(sockets)
+                listening = [sock for server in self.servers for sock in server.sockets]
+            else:  # a worker: its own accept loop instead of the event loop's
+                await super().startup([])
+                listening = sockets
+                if self.started:
+                    protocol = functools.partial(
+                        self.config.http_protocol_class, config=self.config,
+                        server_state=self.server_state, app_state=self.lifespan.state)
+                    self.acceptor = workers.BalancedAcceptor(
+                        sockets[0], workers.Loads(loads[0]), loads[1], protocol,
+                        self.server_state.connections)
+                    self.acceptor.start()
+            if self.started and listening:
+                address = listening[0].getsockname()
+                log.info("serving %s at http://%s:%d/v1/models/%s", model_name,
+                         address[0], address[1], model_name)
+                if ready_file:
+                    with open(ready_file + ".tmp", "w") as f:
+                        f.write(f"{address[0]} {address[1]}\n")
+                    os.replace(ready_file + ".tmp", ready_file)
+
+        async def on_tick(self, counter):
+            if self.acceptor is not None:
+                self.acceptor.update()  # closed connections count too
+            return await super().on_tick(counter)
+
+        async def shutdown(self, sockets=None):
+            if self.acceptor is not None:
+                self.acceptor.close()  # stop accepting
+            await super().shutdown(sockets)
 
     config = uvicorn.Config(
         create_app(manager, threads), host=host, port=port, log_level="warning",
         access_log=access_log, lifespan="on", timeout_graceful_shutdown=10,
-        proxy_headers=False,
+        proxy_headers=False, ws="none",
         loop=_best("uvloop", "asyncio"), http=_best("httptools", "h11"))
     server = Server(config)
     try:

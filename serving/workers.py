@@ -2,19 +2,28 @@
 
 Python runs one thread of the server at a time (the GIL): the HTTP work of one process
 and its model calls take turns. With N workers, this process binds the address and starts
-N `movierec serve` processes that accept connections on the same socket (the kernel hands
-each new connection to one of them); each loads and serves the model on its own, polling
+N `movierec serve` processes that accept connections on the same socket; each loads and
+serves the model on its own, polling
 the model base as one server does, so for up to one poll after a new version appears
 two workers may answer from different versions. A worker that dies after it was up is
 started again; one that dies before (it cannot start) stops the server (exit 1). SIGTERM
 or SIGINT stops them all (exit 0 when each stopped cleanly). No TensorFlow here: this
 process only supervises.
+
+Connections are shared out evenly (BalancedAcceptor): a worker takes a new connection only
+while no other worker has fewer open. Left to the kernel, whichever worker's loop is free
+at that moment takes it, and a few persistent connections split unevenly: in one measured
+run, one worker got 6 of a client's 8 and ran with a full queue while the other idled.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import mmap
 import os
+import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -59,6 +68,111 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+class Loads:
+    """Each worker's count of open connections, in a file of one int32 per worker that
+    the supervisor creates and every worker maps: a worker writes its own count and reads
+    the others'."""
+
+    def __init__(self, path: str):
+        with open(path, "r+b") as f:
+            self.workers = os.fstat(f.fileno()).st_size // 4
+            self._map = mmap.mmap(f.fileno(), 4 * self.workers)
+        self._counts = memoryview(self._map).cast("i")
+
+    @staticmethod
+    def create(path: str, workers: int) -> None:
+        with open(path, "wb") as f:
+            f.write(bytes(4 * workers))
+
+    def set(self, worker: int, count: int) -> None:
+        self._counts[worker] = count
+
+    def get(self, worker: int) -> int:
+        return self._counts[worker]
+
+    def fewest_but(self, worker: int) -> int | None:
+        """The fewest open connections of a worker other than `worker` (None: no other)."""
+        others = [self._counts[i] for i in range(self.workers) if i != worker]
+        return min(others) if others else None
+
+
+class BalancedAcceptor:
+    """A worker's accept loop on the shared listening socket: a pending connection is
+    taken only while no other worker has fewer open connections (Loads); otherwise the
+    worker looks again after RETRY seconds, and takes it anyway once it has waited
+    MAX_WAIT (the worker that should take it is busy for that long, or stuck).
+    `connections` is the worker's set of open connections (uvicorn's server state) and
+    `protocol_factory` its HTTP protocol."""
+
+    RETRY = 0.002
+    MAX_WAIT = 0.05
+
+    def __init__(self, sock: socket.socket, loads: Loads, worker: int, protocol_factory,
+                 connections: set):
+        self.sock, self.loads, self.worker = sock, loads, worker
+        self.protocol_factory, self.connections = protocol_factory, connections
+        self._loop = None
+        self._timer = None
+        self._waiting_since = None  # a pending connection left to another worker
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.sock.setblocking(False)
+        self._loop.add_reader(self.sock.fileno(), self._readable)
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+            if self._timer is not None:
+                self._timer.cancel()
+            self._loop = None
+
+    def update(self) -> None:
+        """Publishes this worker's count of open connections (they also close)."""
+        self.loads.set(self.worker, len(self.connections))
+
+    def _readable(self) -> None:
+        mine = len(self.connections)
+        self.loads.set(self.worker, mine)
+        fewest = self.loads.fewest_but(self.worker)
+        if fewest is not None and fewest < mine:
+            now = time.monotonic()
+            if self._waiting_since is None:
+                self._waiting_since = now
+            if now - self._waiting_since < self.MAX_WAIT:
+                self._loop.remove_reader(self.sock.fileno())
+                self._timer = self._loop.call_later(self.RETRY, self._look_again)
+                return
+        self._waiting_since = None
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):  # another worker took it
+            return
+        except OSError as e:  # e.g. out of file descriptors: the connection waits
+            log.warning("accepting a connection failed: %s", e.strerror or e)
+            self._loop.remove_reader(self.sock.fileno())
+            self._timer = self._loop.call_later(0.1, self._look_again)
+            return
+        conn.setblocking(False)
+        self.loads.set(self.worker, mine + 1)
+        self._loop.create_task(self._connect(conn))
+
+    async def _connect(self, conn: socket.socket) -> None:
+        try:
+            await self._loop.connect_accepted_socket(self.protocol_factory, conn)
+        except OSError as e:  # the client went away before its connection was set up
+            log.info("a new connection failed: %s", e.strerror or e)
+            conn.close()
+
+    def _look_again(self) -> None:
+        self._timer = None
+        if self._loop is None:
+            return
+        if not select.select([self.sock], [], [], 0)[0]:
+            self._waiting_since = None  # taken by another worker meanwhile
+        self._loop.add_reader(self.sock.fileno(), self._readable)
+
+
 class Supervisor:
     """Starts `workers` processes of `movierec serve <worker_argv>` on one socket bound to
     (host, port) and keeps them running until SIGTERM / SIGINT."""
@@ -69,6 +183,8 @@ class Supervisor:
         self.sock = listening_socket(host, port)
         self.address = self.sock.getsockname()[:2]
         self._dir = tempfile.mkdtemp(prefix="movierec-serve-")
+        self._loads = os.path.join(self._dir, "loads")
+        Loads.create(self._loads, workers)
         self._procs: dict[int, subprocess.Popen] = {}
         self._stopping = False
 
@@ -79,12 +195,11 @@ class Supervisor:
         ready = self._ready_file(i)
         if os.path.exists(ready):
             os.remove(ready)
+        Loads(self._loads).set(i, 0)  # a dead worker's connections closed
         argv = [sys.executable, "-m", "pipeline.cli", "serve", *self.worker_argv,
-                "--listen-fd", str(self.sock.fileno()), "--ready-file", ready]
-        # libuv (uvloop) accepts every pending connection at once; one at a time, the
-        # idle workers share a burst of new connections instead of the first taking all
-        env = {**os.environ, "UV_TCP_SINGLE_ACCEPT": "1"}
-        self._procs[i] = subprocess.Popen(argv, pass_fds=(self.sock.fileno(),), env=env,
+                "--listen-fd", str(self.sock.fileno()), "--ready-file", ready,
+                "--loads-file", self._loads, "--worker-index", str(i)]
+        self._procs[i] = subprocess.Popen(argv, pass_fds=(self.sock.fileno(),),
                                           preexec_fn=_die_with_parent)
 
     def _ready(self, i: int) -> bool:
@@ -143,5 +258,6 @@ class Supervisor:
         finally:
             clean = self._stop_all()
             self.sock.close()
+            shutil.rmtree(self._dir, ignore_errors=True)
         log.info("stopped")
         return 0 if clean else 1
