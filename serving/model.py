@@ -219,6 +219,16 @@ class Signature:
         self._single_output = next(iter(self.outputs)) if len(self.outputs) == 1 else None
         self._takes_examples = (self._single_input == S.EXAMPLES
                                 and self.inputs[S.EXAMPLES].dtype == tf.string)
+        self._names = list(self.inputs)
+        self._name_set = frozenset(self.inputs)
+        # per input: its dimensions after the batch's (None: any rank), and the fixed ones
+        self._dims = {n: None if s.shape.rank is None else s.shape.as_list()
+                      for n, s in self.inputs.items()}
+        self._fixed = {n: [(i, d) for i, d in enumerate(dims) if d is not None]
+                       for n, dims in self._dims.items() if dims is not None}
+        # an optional input no instance gives: its default's row, repeated per instance
+        self._default_rows = {n: self._array(n, [v], None, f"the default of {n!r}")
+                              for n, v in self.optional.items()}
 
     # ----------------------------------------------------------------- request -> tensors
     def _example_value(self, value, where: str):
@@ -229,19 +239,20 @@ class Signature:
 
     def _array(self, name: str, value, batched_shape: tuple | None, where: str):
         """A numpy array for input `name` from a nested JSON value ([batch] + spec[1:])."""
-        spec = self.inputs[name]
         np_dtype, convert = self._converters[name]
         shape = _shape_of(value, where) if batched_shape is None else batched_shape
-        expected = spec.shape
-        if expected.rank is not None:
-            if len(shape) != expected.rank:
+        dims = self._dims[name]
+        if dims is not None:
+            if len(shape) != len(dims):
+                expected = self.inputs[name].shape
                 raise RequestError(
                     f"{where}: expected a value of rank {expected.rank - 1} per instance "
                     f"(shape {_shape_str(expected)} with the batch), got shape "
                     f"{list(shape)}")
-            for i, (got, want) in enumerate(zip(shape, expected.as_list())):
-                if want is not None and got != want:
-                    raise RequestError(f"{where}: dimension {i} must be {want}, got {got}")
+            for i, want in self._fixed[name]:
+                if shape[i] != want:
+                    raise RequestError(f"{where}: dimension {i} must be {want}, got "
+                                       f"{shape[i]}")
         if len(shape) > 32:
             raise RequestError(f"{where}: nested too deeply")
         flat: list = []
@@ -255,7 +266,7 @@ class Signature:
             if any(isinstance(v, list) for v in flat):
                 raise RequestError(f"{where}: ragged or over-nested list")
             converted = [v if type(v) is bytes else convert(v, where) for v in flat]
-        if name == S.K and spec.dtype.is_integer:
+        if name == S.K and np_dtype is not object and np.dtype(np_dtype).kind in "iu":
             too_big = [k for k in converted if k > S.MAX_K]
             if too_big:
                 raise RequestError(f"{where}: k must be at most {S.MAX_K}, got {too_big[0]}")
@@ -272,34 +283,44 @@ class Signature:
             raise RequestError("'instances' is empty")
         if len(instances) > MAX_BATCH:
             raise RequestError(f"at most {MAX_BATCH} instances per request")
-        names = list(self.inputs)
+        names = self._names
         columns = {n: [] for n in names}
+        given = set()  # the inputs an instance names
         for i, instance in enumerate(instances):
-            where = f"instances[{i}]"
             if isinstance(instance, dict) and not _is_b64(instance) and (
                     not self._takes_examples or set(instance) == {S.EXAMPLES}):
-                self._check_input_names(instance, names, f"{where}: ")
+                self._check_input_names(instance, names, f"instances[{i}]: ")
+                given.update(instance)
                 for n in names:
-                    columns[n].append(self._example_value(
-                        instance[n] if n in instance else self.optional[n], where))
+                    columns[n].append(instance[n] if n in instance else self.optional[n])
             elif self._single_input is not None:
+                given.add(self._single_input)
                 for n in names:
-                    columns[n].append(self._example_value(instance, where)
-                                      if n == self._single_input else self.optional[n])
+                    columns[n].append(instance if n == self._single_input
+                                      else self.optional[n])
             else:
-                raise RequestError(f"{where}: signature {self.name!r} has several inputs "
-                                   f"({', '.join(names)}): each instance must be an object "
-                                   f"naming them")
+                raise RequestError(f"instances[{i}]: signature {self.name!r} has several "
+                                   f"inputs ({', '.join(names)}): each instance must be an "
+                                   f"object naming them")
+        if self._takes_examples:
+            columns[S.EXAMPLES] = [self._example_value(v, f"instances[{i}]")
+                                   for i, v in enumerate(columns[S.EXAMPLES])]
         _pad_histories(columns, self.inputs)
         feeds = {}
         for n in names:
-            per_instance = _shape_of(columns[n][0], f"instances[0].{n}")
+            if n not in given:  # optional, left out by every instance
+                feeds[n] = np.repeat(self._default_rows[n], len(instances), axis=0)
+                continue
+            per_instance = _shape_of(columns[n][0], "")
             feeds[n] = self._array(n, columns[n], (len(instances),) + per_instance,
-                                    f"instances: input {n!r}")
+                                   f"instances: input {n!r}")
         return feeds
 
     def _check_input_names(self, given: dict, names: list, where: str) -> None:
-        unknown = sorted(set(given) - set(names))
+        if self._name_set.issuperset(given):
+            unknown = ()
+        else:
+            unknown = sorted(set(given) - self._name_set)
         if unknown:
             raise RequestError(f"{where}unknown input {unknown[0]!r} for signature "
                                f"{self.name!r} (inputs: {', '.join(names)})")
@@ -505,10 +526,17 @@ def check_history(feeds: dict, catalog=None) -> None:
     if S.HISTORY_MOVIE_IDS not in feeds:
         return
     ids = feeds[S.HISTORY_MOVIE_IDS]
-    given = ((ids != b"") & (ids != "")) if ids.size else np.zeros(ids.shape, bool)
+    if not ids.size:
+        return
     ratings = feeds.get(S.HISTORY_RATINGS)
+    low, high = S.RATING_RANGE
+    # the common case, checked at once: every entry a known movie rated in range
+    if (catalog is None or catalog.issuperset(ids.ravel().tolist())) and (
+            ratings is None or ratings.shape != ids.shape
+            or ((ratings >= low) & (ratings <= high)).all()):
+        return
+    given = (ids != b"") & (ids != "")
     if ratings is not None and ratings.shape == ids.shape:
-        low, high = S.RATING_RANGE
         bad = given & ((ratings < low) | (ratings > high) | ~np.isfinite(ratings))
         if bad.any():
             i, j = map(int, np.argwhere(bad)[0])
