@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 DEFAULT_MODEL = "output/serving/movierec"
@@ -77,8 +78,6 @@ def _query_parser(sub, name: str, help_text: str):
 
 # -------------------------------------------------------------------------------- serve
 def cmd_serve(args) -> int:
-    import os
-
     # TensorFlow's Eigen kernels, as TF Serving's own builds run, not oneDNN's (its default
     # on x86): oneDNN's batched matmul (a recommendation's `because`) alone costs a tenth
     # of a served call (docs/benchmarks.md); before TensorFlow is imported, here and in the

@@ -231,11 +231,11 @@ class Batcher:
     scope["client"], one per connection; None: not tracked) that asked again within
     QUICK seconds of its previous answer is expected to do so again, and the next batch
     waits for the ones answered less than RETURN_WAIT ago, at most RETURN_WAIT after it
-    could have started.
-    Without the wait, the batches of a few such clients settle into alternating halves
-    (one request, then the others), which on 2 cores cost a fifth more CPU per request
-    than the fuller batches and a fifth more latency (docs/benchmarks.md). A client that
-    asks now and then, a new connection and a lone client never make a batch wait."""
+    could have started. Without the wait, the batches of a few such clients settle into
+    alternating halves (one request, then the others), which on 2 cores cost a fifth more
+    CPU per request than the fuller batches and about a tenth more latency
+    (docs/benchmarks.md). A client that asks now and then, a new connection and a lone
+    client never make a batch wait."""
 
     RETURN_WAIT = 0.0025
     QUICK = 0.005
@@ -244,17 +244,15 @@ class Batcher:
         self.pool, self.max_inflight, self.max_rows = pool, max_inflight, max_rows
         self.queue: collections.deque = collections.deque()
         self.inflight = 0
-        # client -> when its last request was answered, for the clients expected back
-        self._expected: dict = {}
-        self._answered: dict = {}  # client -> when its last request was answered
+        # client -> (when its last request was answered, whether it is expected back)
+        self._answered: dict = {}
         self._waiting_since = None  # when the queue started waiting for returning clients
         self._timer = None
 
     async def run(self, signature, feeds: dict, client=None) -> dict:
         """The outputs of `signature` on `feeds` (numpy in, numpy out)."""
         future = asyncio.get_running_loop().create_future()
-        answered = self._answered.pop(client, None)
-        self._expected.pop(client, None)
+        answered, _ = self._answered.pop(client, (None, False))
         quick = answered is not None and time.monotonic() - answered < self.QUICK
         self.queue.append((signature, signature.batch_key(feeds), feeds, future,
                            (client, quick)))
@@ -263,11 +261,11 @@ class Batcher:
 
     def _returning(self, now: float) -> int:
         """The clients expected back that were answered less than RETURN_WAIT ago (the
-        others forgotten, and the answers older than QUICK)."""
-        for table, age in ((self._expected, self.RETURN_WAIT), (self._answered, self.QUICK)):
-            for client in [c for c, t in table.items() if now - t >= age]:
-                del table[client]
-        return len(self._expected)
+        answers older than QUICK forgotten)."""
+        for client in [c for c, (t, _) in self._answered.items() if now - t >= self.QUICK]:
+            del self._answered[client]
+        return sum(expected and now - t < self.RETURN_WAIT
+                   for t, expected in self._answered.values())
 
     def _wait(self) -> bool:
         """Whether the waiting requests should wait on for returning clients (and a look
@@ -295,8 +293,8 @@ class Batcher:
         while self.queue and self.inflight < self.max_inflight:
             if self._wait():
                 return
-            signature, key, feeds, future, client = self.queue.popleft()
-            batch = [(feeds, future, client)]
+            signature, key, feeds, future, asker = self.queue.popleft()
+            batch = [(feeds, future, asker)]
             if key is not None and self.queue:
                 rows = len(next(iter(feeds.values())))
                 rest = collections.deque()
@@ -323,9 +321,7 @@ class Batcher:
         now = time.monotonic()
         for (_, future, (client, quick)), result in zip(batch, results):
             if client is not None:
-                self._answered[client] = now
-                if quick:
-                    self._expected[client] = now
+                self._answered[client] = (now, quick)
             if future.done():  # the client went away
                 continue
             if isinstance(result, BaseException):

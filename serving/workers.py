@@ -3,9 +3,8 @@
 Python runs one thread of the server at a time (the GIL): the HTTP work of one process
 and its model calls take turns. With N workers, this process binds the address and starts
 N `movierec serve` processes that accept connections on the same socket; each loads and
-serves the model on its own, polling
-the model base as one server does, so for up to one poll after a new version appears
-two workers may answer from different versions. A worker that dies after it was up is
+serves the model on its own, polling the model base as one server does, so for up to one
+poll after a new version appears two workers may answer from different versions. A worker that dies after it was up is
 started again; one that dies before (it cannot start) stops the server (exit 1). SIGTERM
 or SIGINT stops them all (exit 0 when each stopped cleanly). No TensorFlow here: this
 process only supervises.
@@ -87,9 +86,6 @@ class Loads:
     def set(self, worker: int, count: int) -> None:
         self._counts[worker] = count
 
-    def get(self, worker: int) -> int:
-        return self._counts[worker]
-
     def fewest_but(self, worker: int) -> int | None:
         """The fewest open connections of a worker other than `worker` (None: no other)."""
         others = [self._counts[i] for i in range(self.workers) if i != worker]
@@ -132,8 +128,8 @@ class BalancedAcceptor:
         self.loads.set(self.worker, len(self.connections))
 
     def _readable(self) -> None:
+        self.update()
         mine = len(self.connections)
-        self.loads.set(self.worker, mine)
         fewest = self.loads.fewest_but(self.worker)
         if fewest is not None and fewest < mine:
             now = time.monotonic()
@@ -183,8 +179,9 @@ class Supervisor:
         self.sock = listening_socket(host, port)
         self.address = self.sock.getsockname()[:2]
         self._dir = tempfile.mkdtemp(prefix="movierec-serve-")
-        self._loads = os.path.join(self._dir, "loads")
-        Loads.create(self._loads, workers)
+        self._loads_file = os.path.join(self._dir, "loads")
+        Loads.create(self._loads_file, workers)
+        self._loads = Loads(self._loads_file)
         self._procs: dict[int, subprocess.Popen] = {}
         self._stopping = False
 
@@ -195,10 +192,10 @@ class Supervisor:
         ready = self._ready_file(i)
         if os.path.exists(ready):
             os.remove(ready)
-        Loads(self._loads).set(i, 0)  # a dead worker's connections closed
+        self._loads.set(i, 0)  # a dead worker's connections closed
         argv = [sys.executable, "-m", "pipeline.cli", "serve", *self.worker_argv,
                 "--listen-fd", str(self.sock.fileno()), "--ready-file", ready,
-                "--loads-file", self._loads, "--worker-index", str(i)]
+                "--loads-file", self._loads_file, "--worker-index", str(i)]
         self._procs[i] = subprocess.Popen(argv, pass_fds=(self.sock.fileno(),),
                                           preexec_fn=_die_with_parent)
 
