@@ -17,18 +17,19 @@ the version as an inlined graph in a Session instead, which takes less per call)
 --threads, --workers and --tf-threads are the server's (`movierec serve`); the server CPU
 column counts its workers too.
 
-The load goes to 127.0.0.1 only, over persistent HTTP/1.1 connections (http.client, one per
-client thread), and stops by itself after the bounded number of requests.
+The load goes to 127.0.0.1 only, over persistent HTTP/1.1 connections (one per client
+thread; each request's bytes prepared once, each answer read by its Content-Length:
+Connection below), and stops by itself after the bounded number of requests.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import http.client
 import json
 import os
 import random
+import socket
 import statistics
 import subprocess
 import sys
@@ -108,30 +109,79 @@ def _children(pid) -> list:
         return []
 
 
+class Connection:
+    """One persistent HTTP/1.1 connection that sends prepared POSTs and reads each answer
+    by its Content-Length. It takes about a quarter of http.client's CPU per request
+    (docs/benchmarks.md). That matters on a small machine, where the load generator shares
+    the cores with the server and its time shows up in the latencies it measures."""
+
+    def __init__(self, host: str, port: int, timeout: float = 30):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = b""
+
+    def _fill(self, buf: bytes) -> bytes:
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        return buf + chunk
+
+    def post(self, request: bytes) -> tuple[int, bytes]:
+        """(status, body) of one prepared request (post_request's bytes)."""
+        self.sock.sendall(request)
+        buf = self.buffer
+        while (head_end := buf.find(b"\r\n\r\n")) < 0:
+            buf = self._fill(buf)
+        head = buf[:head_end].split(b"\r\n")
+        length = None
+        for line in head[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if length is None:
+            raise RuntimeError(f"an answer without Content-Length: {head[0]!r}")
+        end = head_end + 4 + length
+        while len(buf) < end:
+            buf = self._fill(buf)
+        self.buffer = buf[end:]
+        return int(head[0].split()[1]), buf[head_end + 4:end]
+
+    def close(self):
+        self.sock.close()
+
+
+def post_request(host: str, port: int, path: str, body: bytes) -> bytes:
+    """The bytes of an HTTP/1.1 POST of a JSON body, made once and sent many times."""
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode("ascii") + body
+
+
 def run_load(host, port, path, bodies, total, concurrency):
     """`total` POSTs of bodies (cycled) from `concurrency` threads, each with one
     persistent connection. Returns (latencies in seconds, wall seconds, errors)."""
+    requests = [post_request(host, port, path, body) for body in bodies]
     lock = threading.Lock()
     counter = iter(range(total))
     latencies, errors, first_errors = [], [0], []
 
     def worker():
-        conn = http.client.HTTPConnection(host, port, timeout=30)
+        conn = Connection(host, port)
         mine = []
         while True:
             with lock:
                 i = next(counter, None)
             if i is None:
                 break
-            body = bodies[i % len(bodies)]
+            request = requests[i % len(requests)]
             started = time.perf_counter()
             try:
-                conn.request("POST", path, body, {"Content-Type": "application/json"})
-                response = conn.getresponse()
-                data = response.read()
+                status, data = conn.post(request)
                 elapsed = time.perf_counter() - started
-                if response.status != 200:
-                    raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
+                if status != 200:
+                    raise RuntimeError(f"HTTP {status}: {data[:200]!r}")
+                if not mine and "predictions" not in json.loads(data):  # read whole
+                    raise RuntimeError(f"not an answer: {data[:200]!r}")
                 mine.append(elapsed)
             except Exception as e:  # noqa: BLE001 - counted
                 with lock:
@@ -139,7 +189,7 @@ def run_load(host, port, path, bodies, total, concurrency):
                     if len(first_errors) < 3:
                         first_errors.append(repr(e))
                 conn.close()
-                conn = http.client.HTTPConnection(host, port, timeout=30)
+                conn = Connection(host, port)
         conn.close()
         with lock:
             latencies.extend(mine)
