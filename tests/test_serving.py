@@ -316,6 +316,31 @@ def test_concurrent_requests_are_batched_without_mixing_errors(server, loaded,
             assert status == 200 and body["predictions"][0]["movie_ids"] == ids[i]
 
 
+def test_the_benchmarks_load_generator_reads_what_the_server_sends(server, loaded):
+    """benchmarks/serving_latency.py's client reads each answer whole, 400s too, on one
+    connection: the same bytes as http.client reads. Its load counts the bad requests as
+    errors and times only the good ones."""
+    from benchmarks import serving_latency as bench
+
+    bodies = [json.dumps({"signature_name": "recommend", "instances": [u]}).encode()
+              for u in ("1", "2", "no-such-user")]
+    bodies.append(b'{"signature_name": "recommend", "instances": ')  # bad JSON: a 400
+    conn = bench.Connection("127.0.0.1", server.port)
+    try:
+        for body in bodies * 2:  # the connection stays usable after a 400
+            got = conn.post(bench.post_request("127.0.0.1", server.port, PREDICT, body))
+            reference = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            reference.request("POST", PREDICT, body, {"Content-Type": "application/json"})
+            response = reference.getresponse()
+            assert got == (response.status, response.read())
+            reference.close()
+            assert got[0] == (400 if body is bodies[-1] else 200)
+    finally:
+        conn.close()
+    latencies, _, errors = bench.run_load("127.0.0.1", server.port, PREDICT, bodies, 40, 4)
+    assert (len(latencies), errors) == (30, 10)
+
+
 def _history_feeds(user: str, movies: list, stamp: int = 880_000_000) -> dict:
     return {"user_id": np.array([user.encode()], dtype=object),
             "history_movie_ids": np.array([[m.encode() for m in movies]], dtype=object
