@@ -44,6 +44,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 _HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))  # the repository's packages
 
+from pipeline.errors import exit_now  # noqa: E402
+
 
 def _load_scale():
     """benchmarks/scale.py (the measuring helpers), loaded from its file."""
@@ -265,8 +267,7 @@ def main(argv=None) -> int:
     if args.plain_script:  # (c), in its own process
         result = plain_script(args.data_dir, args.work_dir, passthrough)
         print(_RESULT_PREFIX + json.dumps(result), flush=True)
-        sys.stdout.flush()
-        os._exit(0)  # as the CLI exits: no TensorFlow teardown noise or cost
+        exit_now(0)  # as the CLI exits: no TensorFlow teardown noise or cost
 
     work = pathlib.Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -314,9 +314,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    outcome = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Exit before the interpreter tears TensorFlow down (it can crash there, after the
-    # results are written); 1 when the outside check is out of tolerance.
-    os._exit(0 if outcome.get("outside_check", {}).get("within_tolerance", True) else 1)
+    from pipeline.errors import exit_now
+
+    outcome = main()  # 1 when the outside check is out of tolerance
+    exit_now(0 if outcome.get("outside_check", {}).get("within_tolerance", True) else 1)

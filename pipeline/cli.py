@@ -14,7 +14,7 @@ _PROCESS_START = time.time()  # a run's wall time counts the imports too
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide CUDA-probe noise on CPU hosts
 
-from pipeline.errors import UserError  # noqa: E402
+from pipeline.errors import UserError, exit_now  # noqa: E402
 from trainer.metrics import HELD_OUT, REPLAY  # noqa: E402  (numpy only)
 
 DEFAULT_DATASET = "ml-100k"
@@ -570,16 +570,12 @@ def main(argv=None, started: float | None = None) -> int:
 
 
 def entry() -> None:
-    """The console script: main(), then exit at once. TensorFlow's function objects would
-    otherwise print "Exception ignored in AtomicFunction.__del__" noise while the
-    interpreter tears down after a pipeline run; everything is written and flushed by then."""
+    """The console script: main(), then exit at once (pipeline.errors.exit_now)."""
     try:
         rc = main(started=_PROCESS_START)
-        sys.stdout.flush()
-        sys.stderr.flush()
     except BrokenPipeError:  # `movierec inspect runs | head`: the reader has gone
         rc = 0
-    os._exit(rc)
+    exit_now(rc)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,22 @@ RequestError). Domain errors that the CLI also prints this way live with their c
 
 from __future__ import annotations
 
+import os
+import sys
+
 
 class UserError(Exception):
     """A problem the user can fix (a bad option, a missing path, ...); one line."""
+
+
+def exit_now(rc: int):
+    """Flushes stdout and stderr and ends the process with `rc` at once, before the
+    interpreter tears TensorFlow down: its function objects print "Exception ignored in
+    AtomicFunction.__del__" noise there, and the teardown can crash after every result is
+    written. A reader that has gone (`movierec inspect runs | head`) is not an error."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        rc = 0
+    os._exit(rc)

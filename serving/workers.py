@@ -4,10 +4,10 @@ Python runs one thread of the server at a time (the GIL): the HTTP work of one p
 and its model calls take turns. With N workers, this process binds the address and starts
 N `movierec serve` processes that accept connections on the same socket; each loads and
 serves the model on its own, polling the model base as one server does, so for up to one
-poll after a new version appears two workers may answer from different versions. A worker that dies after it was up is
-started again; one that dies before (it cannot start) stops the server (exit 1). SIGTERM
-or SIGINT stops them all (exit 0 when each stopped cleanly). No TensorFlow here: this
-process only supervises.
+poll after a new version appears two workers may answer from different versions. A
+worker that dies after it was up is started again; one that dies before (it cannot
+start) stops the server (exit 1). SIGTERM or SIGINT stops them all (exit 0 when each
+stopped cleanly). No TensorFlow here: this process only supervises.
 
 Connections are shared out evenly (BalancedAcceptor): a worker takes a new connection only
 while no other worker has fewer open. Left to the kernel, whichever worker's loop is free

@@ -606,6 +606,35 @@ def test_workers_share_the_port_a_dead_one_is_replaced_and_sigterm_stops_all(
         server.stop()
 
 
+def _children(pid) -> list:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def test_a_worker_that_dies_before_it_serves_stops_the_server(model_dir, tmp_path):
+    """A worker killed while it loads its first version (as the OOM killer would): the
+    supervisor does not start it again, stops the other one and exits 1; it never says
+    it is ready."""
+    base = tmp_path / "serving"
+    shutil.copytree(model_dir, base / "movierec" / "1")
+    server = Server(base, tmp_path, "--workers", "2")
+    try:
+        workers = _wait_for(lambda: len(_children(server.proc.pid)) == 2
+                            and _children(server.proc.pid), "the two workers to start")
+        os.kill(workers[0], signal.SIGKILL)  # seconds before it could load TensorFlow
+        assert server.proc.wait(timeout=60) == 1, server.log()
+        log = server.log()
+        assert f"(pid {workers[0]}) exited with -9 before it answered: stopping the " \
+               f"server" in log, log
+        assert "starting it again" not in log and "serving movierec at" not in log
+        assert not server.ready.exists()
+        assert not _alive(workers[1])
+    finally:
+        for pid in _children(server.proc.pid) if server.proc.poll() is None else []:
+            os.kill(pid, signal.SIGKILL)
+        server.stop()
+
+
 # ------------------------------------------------------------------ recommend and rate CLI
 @pytest.fixture
 def cached_loads(monkeypatch, model_dir, loaded):
